@@ -1,0 +1,41 @@
+# Set-up and everyday commands. `make demo` and `make test` work on a fresh clone.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# CPU machines: keep torch at the CPU build. GPU users: TORCH_SPEC="torch" (see README) after installing CUDA torch.
+TORCH_SPEC ?= torch==2.13.0
+# pip's configured find-links folder (holds the local CPU torch wheel); uv does not read pip's configuration.
+FIND_LINKS := $(shell $(PY) -m pip config get global.find-links 2>/dev/null || echo "")
+UV_FLAGS := --python $(BIN)/python $(if $(FIND_LINKS),--find-links $(FIND_LINKS),)
+export LMREC_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test test-fast bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip uv
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/uv pip install $(UV_FLAGS) "$(TORCH_SPEC)"
+	$(BIN)/uv pip install $(UV_FLAGS) "$(TORCH_SPEC)" -e ".[dev,bench]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/lmrec demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: setup
+	$(BIN)/python benchmarks/baselines.py
+
+clean:
+	rm -rf $(VENV) demo-report
