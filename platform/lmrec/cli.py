@@ -1,0 +1,123 @@
+"""The ``lmrec`` command line. Each subcommand is a thin shell over a library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def _cmd_data_stats(args: argparse.Namespace) -> int:
+    from lmrec.data.registry import load_dataset
+
+    ds = load_dataset(args.dataset, lenient=args.lenient)
+    stats = ds.stats()
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print(f"dataset       {stats['dataset']}")
+    print(f"users         {stats['users']:,}")
+    print(f"items         {stats['items']:,}")
+    print(f"interactions  {stats['interactions']:,}")
+    print(f"density       {stats['density']:.4%}")
+    total = max(stats["interactions"], 1)
+    print("rating histogram:")
+    for rating, count in stats["rating_histogram"].items():
+        bar = "#" * max(1, round(50 * count / total))
+        print(f"  {rating:>4g}  {count:>8,}  {bar}")
+    return 0
+
+
+def _cmd_baselines(args: argparse.Namespace) -> int:
+    from lmrec.data.registry import load_dataset
+    from lmrec.evaluation import format_metrics_table
+    from lmrec.experiments import baseline_entries, evaluate_entries, load_split
+
+    ds = load_dataset(args.dataset)
+    split = load_split(ds, args.split, seed=args.seed)
+    entries = baseline_entries(args.models.split(",") if args.models else None)
+    records = evaluate_entries(ds, split, entries, ks=tuple(args.k), split_name=args.split)
+    print(format_metrics_table([{"model": r["model"], **r["metrics"], "fit_s": r["fit_seconds"]} for r in records]))
+    out = Path(args.out or f"runs/baselines-{args.dataset}-{args.split}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(records, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from lmrec.demo import run_demo
+
+    return run_demo(Path(args.out), quick=args.quick)
+
+
+def _cmd_data_canonical(args: argparse.Namespace) -> int:
+    from lmrec.data.canonical import write_ml100k_splits
+    from lmrec.data.registry import load_dataset
+
+    paths = write_ml100k_splits(load_dataset("ml-100k").interactions, Path(args.out))
+    for p in paths:
+        print(p)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lmrec import __version__
+    from lmrec.experiments import SPLIT_NAMES
+
+    p = argparse.ArgumentParser(prog="lmrec", description=__doc__)
+    p.add_argument("--version", action="version", version=f"lmrec {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="dataset utilities").add_subparsers(dest="data_command", required=True)
+    st = data.add_parser("stats", help="users, items, ratings, density, rating histogram")
+    st.add_argument("--dataset", required=True)
+    st.add_argument("--json", action="store_true", help="print JSON")
+    st.add_argument("--lenient", action="store_true", help="drop malformed rows (counted and reported)")
+    st.set_defaults(func=_cmd_data_stats)
+    cs = data.add_parser("canonical-splits", help="write ML-100K u1..u5/ua/ub split files generated from u.data")
+    cs.add_argument("--out", required=True)
+    cs.set_defaults(func=_cmd_data_canonical)
+
+    bl = sub.add_parser("baselines", help="train and evaluate the classic baselines on one split")
+    bl.add_argument("--dataset", default="ml-100k")
+    bl.add_argument("--split", default="u1", choices=SPLIT_NAMES)
+    bl.add_argument("--models", help="comma-separated baseline names (default: all)")
+    bl.add_argument("--k", type=int, nargs="+", default=[10], help="cut-offs for ranking metrics")
+    bl.add_argument("--seed", type=int, default=42)
+    bl.add_argument("--out", help="metrics JSON path (default runs/baselines-<dataset>-<split>.json)")
+    bl.set_defaults(func=_cmd_baselines)
+
+    dm = sub.add_parser("demo", help="the main job on the embedded default (local Ray, default encoder, MovieLens)")
+    dm.add_argument("--out", default="demo-report", help="report folder")
+    dm.add_argument("--quick", action="store_true", help="smaller settings (used by the tests)")
+    dm.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from lmrec.config.base import SpecError
+    from lmrec.data.schema import DataError
+
+    try:
+        return int(args.func(args) or 0)
+    except (DataError, SpecError) as e:
+        print(f"lmrec: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
