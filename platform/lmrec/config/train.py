@@ -1,0 +1,129 @@
+"""``TrainSpec``: everything one two-tower training run needs, typed and checked before any compute is spent."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from lmrec.config.base import StrictModel
+from lmrec.config.scaling import ScalingSpec
+from lmrec.data.splits import ML100KCanonicalSpec, SplitSpec
+
+ValMetric = Literal["val_rmse", "val_mae", "val_ndcg@10", "val_recall@10"]
+
+
+class DataSpec(StrictModel):
+    dataset: str = Field("ml-100k", description="Dataset name for lmrec.data.registry.load_dataset.")
+    split: SplitSpec = Field(
+        default_factory=lambda: ML100KCanonicalSpec(name="u1"), description="How to split (lmrec.data.splits)."
+    )
+    valid_from_train: float = Field(
+        0.05, ge=0, lt=0.5,
+        description="When the split has no valid part, this fraction of train rows (seeded) becomes valid (0 = none).",
+    )
+    item_template: str = Field(
+        "{title} ({year}). Genres: {genres}.", description="Item text template (lmrec.data.text.render_item_texts)."
+    )
+    user_template: str | None = Field(
+        None, description="User text template over the users table (only read when model.user_text is on)."
+    )
+    max_users: int | None = Field(None, ge=1, description="Keep only the first N users (tiny CI slices).")
+    max_items: int | None = Field(None, ge=1, description="Keep only the first N items (tiny CI slices).")
+
+
+class ModelSpec(StrictModel):
+    encoder: str = Field("default", description="HF hub name or local path; 'default' = bundled all-MiniLM-L6-v2.")
+    encoder_init: Literal["pretrained", "random-tiny"] = Field(
+        "pretrained", description="'random-tiny' = 2-layer 32-wide BERT with the encoder's tokenizer (tests, probes)."
+    )
+    pooling: Literal["mean", "cls"] = Field("mean", description="How token states become one text vector.")
+    dim: int = Field(64, ge=2, description="Width of user/item vectors.")
+    max_length: int = Field(32, ge=4, le=512, description="Token limit per item/user text.")
+    item_id_embeddings: bool = Field(True, description="Add an item-ID embedding (gated off for unseen items).")
+    user_id_embeddings: bool = Field(True, description="Add a user-ID embedding to the user tower.")
+    user_tower: Literal["mean", "attention"] = Field("mean", description="Pooling over the user's history items.")
+    user_text: bool = Field(False, description="Add a projection of the encoded user text to the user tower.")
+    max_history: int = Field(256, ge=1, description="Most recent history items pooled per user.")
+
+
+class RatingTaskSpec(StrictModel):
+    weight: float = Field(1.0, ge=0, description="Weight of the rating MSE in the total loss (0 = off).")
+    l2: float = Field(0.05, ge=0, description="L2 on the ID embeddings and biases touched by each batch.")
+
+
+class ClickTaskSpec(StrictModel):
+    weight: float = Field(0.5, ge=0, description="Weight of the implicit softmax loss (0 = off).")
+    temperature: float = Field(0.1, gt=0, description="Softmax temperature over cosine scores.")
+    positive_threshold: float | None = Field(None, description="Min rating that counts as a positive (None = all).")
+    id_dropout: float = Field(0.5, ge=0, lt=1, description="Chance to drop an item's ID part so text learns to rank.")
+
+
+class RelatedTaskSpec(StrictModel):
+    weight: float = Field(0.1, ge=0, description="Weight of the item-relatedness contrastive loss (0 = off).")
+    temperature: float = Field(0.1, gt=0, description="Softmax temperature over cosine scores.")
+
+
+class TasksSpec(StrictModel):
+    rating: RatingTaskSpec = Field(default_factory=RatingTaskSpec, description="Explicit rating regression.")
+    click: ClickTaskSpec = Field(default_factory=ClickTaskSpec, description="Implicit interest (ranking).")
+    related: RelatedTaskSpec = Field(default_factory=RelatedTaskSpec, description="Co-consumed items close.")
+
+    @model_validator(mode="after")
+    def _one_task_on(self) -> "TasksSpec":
+        if self.rating.weight == 0 and self.click.weight == 0 and self.related.weight == 0:
+            raise ValueError("every task weight is 0: nothing to train")
+        return self
+
+
+class OptimSpec(StrictModel):
+    epochs: int = Field(10, ge=1, description="Passes over the training interactions.")
+    batch_size: int = Field(1024, ge=1, description="Interactions per optimizer step (per worker).")
+    lr_heads: float = Field(3e-3, gt=0, description="AdamW LR of embeddings, projections and heads.")
+    lr_encoder: float = Field(2e-5, ge=0, description="AdamW LR of the text encoder (0 = frozen encoder).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay (not on ID rows/biases).")
+    items_encoded_per_step: int = Field(
+        32, ge=0, description="Unique items of a step re-encoded with gradient (0 = frozen: precomputed text only).",
+    )
+    refresh_every_epochs: int = Field(1, ge=0, description="Re-encode all item texts every N epochs (0 = never).")
+    encode_batch_size: int = Field(256, ge=1, description="Rows per no-grad encoder pass (cache refresh, export).")
+    grad_clip: float = Field(1.0, ge=0, description="Max global grad norm (0 = no clipping).")
+    log_every_steps: int = Field(20, ge=1, description="Progress log period in steps.")
+
+    @property
+    def finetune_encoder(self) -> bool:
+        return self.lr_encoder > 0 and self.items_encoded_per_step > 0
+
+
+class EarlyStoppingSpec(StrictModel):
+    metric: ValMetric = Field("val_rmse", description="Validation metric that picks the best epoch.")
+    mode: Literal["min", "max"] = Field("min", description="Whether lower or higher is better.")
+    patience: int = Field(3, ge=1, description="Epochs without improvement before stopping.")
+
+    @model_validator(mode="after")
+    def _mode_matches(self) -> "EarlyStoppingSpec":
+        expected = "min" if self.metric in ("val_rmse", "val_mae") else "max"
+        if self.mode != expected:
+            raise ValueError(f"{self.metric} improves when it goes {'down' if expected == 'min' else 'up'}: "
+                             f"mode must be {expected!r}")
+        return self
+
+
+class TrainSpec(StrictModel):
+    name: str = Field("two-tower", description="Run name (artifact and checkpoint folders).")
+    seed: int = Field(0, ge=0, description="Seed of model init, batch order and sampling.")
+    data: DataSpec = Field(default_factory=DataSpec, description="Dataset, split and texts.")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="Encoder and towers.")
+    tasks: TasksSpec = Field(default_factory=TasksSpec, description="Task heads and their loss weights.")
+    optim: OptimSpec = Field(default_factory=OptimSpec, description="Optimizer and step shape.")
+    early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec, description="Best-epoch rule.")
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Workers, resources, engine.")
+
+    @model_validator(mode="after")
+    def _metric_has_task(self) -> "TrainSpec":
+        m = self.early_stopping.metric
+        if m in ("val_rmse", "val_mae") and self.tasks.rating.weight == 0:
+            raise ValueError(f"early_stopping.metric {m} needs the rating task (tasks.rating.weight > 0)")
+        if self.model.user_text and not self.data.user_template:
+            raise ValueError("model.user_text needs data.user_template")
+        return self

@@ -1,0 +1,166 @@
+"""Serving artifact of a trained two-tower model: safetensors + tokenizer + JSON, never pickle.
+
+Layout of an artifact folder::
+
+    manifest.json             format, model arguments, training config, dataset fingerprint, metrics,
+                              and the sha256 of every other file
+    model.safetensors         TwoTowerModel state dict (encoder, towers, heads, item-text cache, histories)
+    item_embeddings.safetensors  precomputed item/user vectors, item biases, interest-space vectors
+    encoder_config.json       the backbone's HF config (rebuilds the architecture without the hub)
+    id_maps.json              raw user/item ids in index order
+    tokenizer/                the tokenizer files
+
+``load_artifact`` checks every hash (and that no file was added or removed) before it reads any weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from lmrec.models.encoder import encoder_from_config
+from lmrec.models.two_tower import TwoTowerModel, TwoTowerRecommender
+
+FORMAT = "lmrec.two_tower/1"
+MANIFEST = "manifest.json"
+
+
+class ArtifactError(ValueError):
+    """An artifact folder is incomplete, altered (sha256 mismatch) or of an unknown format."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _listed_files(root: Path) -> list[str]:
+    manifest = root / MANIFEST
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p != manifest)
+
+
+def model_args(model: TwoTowerModel) -> dict:
+    """Constructor arguments that rebuild ``model``'s architecture."""
+    return {
+        "n_users": model.n_users,
+        "n_items": model.n_items,
+        "dim": model.interest_proj.in_features,
+        "user_tower": model.user_tower.kind,
+        "item_id_embeddings": model.item_tower.id_embedding is not None,
+        "user_id_embeddings": model.user_tower.id_embedding is not None,
+        "user_text": bool(model.user_text.shape[0]),
+        "max_history": model.max_history,
+        "ranking_head": model.ranking_head,
+        "pooling": model.encoder.pooling,
+    }
+
+
+def _plain(ids: np.ndarray) -> list:
+    return [v.item() if hasattr(v, "item") else v for v in np.asarray(ids).tolist()]
+
+
+def save_artifact(
+    directory: str | Path,
+    model: TwoTowerModel,
+    tokenizer,
+    *,
+    spec: dict,
+    fingerprint: str,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    metrics: dict | None = None,
+) -> Path:
+    """Write the artifact folder (see module docstring); returns its path."""
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(root / "model.safetensors"))
+    tables = {k: v.detach().float().cpu().contiguous() for k, v in model.precompute().items()}
+    save_file(tables, str(root / "item_embeddings.safetensors"))
+    (root / "encoder_config.json").write_text(json.dumps(model.encoder.backbone.config.to_dict(), indent=1))
+    (root / "id_maps.json").write_text(json.dumps({"user_ids": _plain(user_ids), "item_ids": _plain(item_ids)}))
+    tokenizer.save_pretrained(str(root / "tokenizer"))
+    files = {rel: sha256_file(root / rel) for rel in _listed_files(root)}
+    manifest = {
+        "format": FORMAT,
+        "created_unix": int(time.time()),
+        "model_args": model_args(model),
+        "config": spec,
+        "dataset_fingerprint": fingerprint,
+        "metrics": {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))},
+        "files": files,
+    }
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return root
+
+
+def verify_artifact(directory: str | Path) -> dict:
+    """Return the manifest after checking the format and the sha256 of every file; raise ``ArtifactError``."""
+    root = Path(directory)
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{root}: unreadable {MANIFEST} ({e})") from None
+    if manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{root}: unknown artifact format {manifest.get('format')!r} (expected {FORMAT})")
+    listed = manifest.get("files", {})
+    present = set(_listed_files(root))
+    if present != set(listed):
+        raise ArtifactError(f"{root}: files differ from the manifest: missing {sorted(set(listed) - present)}, "
+                            f"unlisted {sorted(present - set(listed))}")
+    for rel, digest in listed.items():
+        actual = sha256_file(root / rel)
+        if actual != digest:
+            raise ArtifactError(f"{root / rel}: sha256 {actual} does not match the manifest ({digest})")
+    return manifest
+
+
+@dataclass
+class LoadedArtifact:
+    """A verified artifact: the model (eval mode), its recommender view, tokenizer, id maps and manifest."""
+
+    model: TwoTowerModel
+    recommender: TwoTowerRecommender
+    tokenizer: object
+    manifest: dict
+    user_ids: list
+    item_ids: list
+    embeddings: dict[str, torch.Tensor]
+
+
+def load_artifact(directory: str | Path, device: str | torch.device = "cpu") -> LoadedArtifact:
+    """Verify hashes, rebuild the architecture from JSON, load safetensors weights (no pickle anywhere)."""
+    from transformers import AutoTokenizer
+
+    root = Path(directory)
+    manifest = verify_artifact(root)
+    args = dict(manifest["model_args"])
+    pooling = args.pop("pooling")
+    encoder = encoder_from_config(json.loads((root / "encoder_config.json").read_text()), pooling)
+    model = TwoTowerModel(encoder, **args)
+    state = load_file(str(root / "model.safetensors"))
+    model.history = torch.empty_like(state["history"])  # data-dependent width
+    model.load_state_dict(state, strict=True)
+    model = model.to(device).eval()
+    ids = json.loads((root / "id_maps.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
+    return LoadedArtifact(
+        model=model,
+        recommender=TwoTowerRecommender(model, name=manifest["config"].get("name")),
+        tokenizer=tokenizer,
+        manifest=manifest,
+        user_ids=ids["user_ids"],
+        item_ids=ids["item_ids"],
+        embeddings=load_file(str(root / "item_embeddings.safetensors")),
+    )

@@ -1,0 +1,181 @@
+"""Training tasks for the two-tower model. Each task owns its loss and its metrics; its weight is configuration.
+
+- ``RatingTask``: MSE of the biased dot product + L2 on the ID rows the batch touches (regularisation strength
+  dominates MF quality on MovieLens, see FINDINGS).
+- ``ClickTask``: implicit positives vs every *warm* item (full sampled-softmax / InfoNCE with temperature), item-ID
+  parts randomly dropped so the text part alone learns to rank (this is what makes cold-start ranking work).
+- ``RelatedTask``: items co-consumed by one user are pulled together in the interest space (contrastive).
+
+The total loss is ``sum(weight * loss)`` over tasks with a positive weight (``MultiTaskObjective``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from lmrec.models.two_tower import TwoTowerModel
+
+
+@dataclass
+class StepContext:
+    """Tensors shared by all tasks in one step (computed once by the training wrapper)."""
+
+    user_idx: torch.Tensor  # [B]
+    item_idx: torch.Tensor  # [B]
+    rating: torch.Tensor  # [B]
+    text: torch.Tensor  # [n_items, hidden]: cached rows + the rows encoded with gradient this step
+    item_vec: torch.Tensor  # [n_items, dim]
+    item_bias: torch.Tensor  # [n_items]
+    user_vec: torch.Tensor  # [B, dim]: each row's user, with that row's item left out of the history pool
+    generator: torch.Generator | None = None
+    _cache: dict = field(default_factory=dict)
+
+    def item_interest(self, model: TwoTowerModel) -> torch.Tensor:
+        if "item_interest" not in self._cache:
+            self._cache["item_interest"] = model.interest(self.item_vec)
+        return self._cache["item_interest"]
+
+
+def _rand(n: int, ctx: StepContext) -> torch.Tensor:
+    return torch.rand(n, generator=ctx.generator, device="cpu").to(ctx.item_vec.device)
+
+
+class RatingTask:
+    """Explicit rating regression."""
+
+    name = "rating"
+
+    def __init__(self, weight: float = 1.0, l2: float = 0.05) -> None:
+        self.weight, self.l2 = weight, l2
+
+    def loss(self, model: TwoTowerModel, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        pred = model.rating(ctx.user_vec, ctx.user_idx, ctx.item_vec[ctx.item_idx], ctx.item_bias[ctx.item_idx])
+        mse = F.mse_loss(pred, ctx.rating)
+        reg = model.user_bias(ctx.user_idx).pow(2).sum(-1) + model.item_bias(ctx.item_idx).pow(2).sum(-1)
+        if model.item_tower.id_embedding is not None:
+            reg = reg + model.item_tower.id_embedding(ctx.item_idx).pow(2).sum(-1)
+        if model.user_tower.id_embedding is not None:
+            reg = reg + model.user_tower.id_embedding(ctx.user_idx).pow(2).sum(-1)
+        # the text part is shared by all items, so it is regularised by weight decay instead of per row
+        return mse + self.l2 * reg.mean(), {"rmse": float(mse.detach().sqrt())}
+
+    @staticmethod
+    def validate(recommender, valid: pd.DataFrame) -> dict[str, float]:
+        pred = recommender.predict(valid["user_idx"].to_numpy(), valid["item_idx"].to_numpy())
+        err = pred - valid["rating"].to_numpy(dtype=np.float32)
+        return {"val_rmse": float(np.sqrt(np.mean(err**2))), "val_mae": float(np.mean(np.abs(err)))}
+
+
+class ClickTask:
+    """Implicit interest: softmax of each positive (user, item) against all warm items."""
+
+    name = "click"
+
+    def __init__(
+        self, weight: float = 1.0, temperature: float = 0.1, positive_threshold: float | None = None,
+        id_dropout: float = 0.5,
+    ) -> None:
+        self.weight, self.temperature = weight, temperature
+        self.positive_threshold, self.id_dropout = positive_threshold, id_dropout
+
+    def loss(self, model: TwoTowerModel, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        pos = torch.ones_like(ctx.rating, dtype=torch.bool)
+        if self.positive_threshold is not None:
+            pos = ctx.rating >= self.positive_threshold
+        if not bool(pos.any()):
+            # keep the graph connected (DDP/ZeRO expect every rank to produce gradients for the same params)
+            return ctx.user_vec.sum() * 0.0, {"acc": 0.0}
+        keep = None
+        if self.id_dropout > 0:
+            keep = (_rand(model.n_items, ctx) >= self.id_dropout).float()
+        cand = model.interest(model.item_vectors(ctx.text, keep) if keep is not None else ctx.item_vec)
+        user = model.interest(ctx.user_vec[pos])
+        logits = user @ cand.T / self.temperature
+        # never-seen items are no negatives: the model would learn "texts like these are never consumed"
+        logits = logits.masked_fill(~model.item_tower.seen[None, :], float("-inf"))
+        target = ctx.item_idx[pos]
+        loss = F.cross_entropy(logits, target)
+        acc = float((logits.detach().argmax(1) == target).float().mean())
+        return loss, {"acc": acc}
+
+    @staticmethod
+    def validate(recommender, train: pd.DataFrame, valid: pd.DataFrame, k: int = 10) -> dict[str, float]:
+        """NDCG@k / Recall@k over all items, training items excluded, relevant = the user's validation items."""
+        users = np.unique(valid["user_idx"].to_numpy())
+        if len(users) == 0:
+            return {}
+        rel = valid.groupby("user_idx")["item_idx"].apply(np.asarray)
+        seen = train[train["user_idx"].isin(users)].groupby("user_idx")["item_idx"].apply(np.asarray)
+        discounts = 1.0 / np.log2(np.arange(2, k + 2))
+        ndcg, recall = [], []
+        for start in range(0, len(users), 1024):
+            block = users[start : start + 1024]
+            scores = recommender.score_items(block)
+            for row, u in enumerate(block):
+                if u in seen.index:
+                    scores[row, seen[u]] = -np.inf
+            top = np.argpartition(-scores, k, axis=1)[:, :k]
+            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), 1), 1)
+            for row, u in enumerate(block):
+                hits = np.isin(top[row], rel[u])
+                ideal = discounts[: min(len(rel[u]), k)].sum()
+                ndcg.append(float((hits * discounts).sum() / ideal))
+                recall.append(float(hits.sum() / min(len(rel[u]), k)))
+        return {f"val_ndcg@{k}": float(np.mean(ndcg)), f"val_recall@{k}": float(np.mean(recall))}
+
+
+class RelatedTask:
+    """Item relatedness: an item and another item from the same user's history are positives (InfoNCE)."""
+
+    name = "related"
+
+    def __init__(self, weight: float = 0.1, temperature: float = 0.1) -> None:
+        self.weight, self.temperature = weight, temperature
+
+    def loss(self, model: TwoTowerModel, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        hist = model.history[ctx.user_idx]  # [B, L]
+        valid = (hist >= 0) & (hist != ctx.item_idx[:, None])
+        n_valid = valid.sum(1)
+        has = n_valid > 0
+        if not bool(has.any()):
+            return ctx.item_vec.sum() * 0.0, {}
+        # pick a uniformly random valid slot per row: rank slots by random keys, invalid slots last
+        keys = _rand(hist.numel(), ctx).view(hist.shape).masked_fill(~valid, 2.0)
+        partner = hist.gather(1, keys.argmin(1, keepdim=True))[:, 0]
+        anchor, partner = ctx.item_idx[has], partner[has]
+        table = ctx.item_interest(model)
+        logits = table[anchor] @ table.T / self.temperature
+        mask = ~model.item_tower.seen[None, :] | F.one_hot(anchor, model.n_items).bool()
+        logits = logits.masked_fill(mask, float("-inf"))
+        return F.cross_entropy(logits, partner), {}
+
+
+Task = RatingTask | ClickTask | RelatedTask
+
+
+class MultiTaskObjective:
+    """Weighted sum of task losses; tasks with weight 0 are skipped entirely (no compute)."""
+
+    def __init__(self, tasks: list[Task]) -> None:
+        self.tasks = [t for t in tasks if t.weight > 0]
+        if not self.tasks:
+            raise ValueError("at least one task needs a positive weight")
+
+    def __call__(self, model: TwoTowerModel, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        total = None
+        logs: dict[str, float] = {}
+        for task in self.tasks:
+            loss, metrics = task.loss(model, ctx)
+            total = task.weight * loss if total is None else total + task.weight * loss
+            logs[f"loss_{task.name}"] = float(loss.detach())
+            logs.update({f"{task.name}_{k}": v for k, v in metrics.items()})
+        logs["loss"] = float(total.detach())
+        return total, logs
+
+    def task(self, name: str) -> Task | None:
+        return next((t for t in self.tasks if t.name == name), None)

@@ -1,0 +1,208 @@
+"""The encoder two-tower model for inference: encoder, towers and scoring heads. It knows nothing of losses.
+
+Scores:
+- rating head: ``mu + b_u + b_i + <user_vec, item_vec>`` where ``b_i`` = gated item-ID bias + a linear read-out of
+  the item text (so an unseen item still gets a text-based bias);
+- interest head: cosine of a shared projection of both vectors; used to rank items (``score_items``).
+
+The model carries, as buffers, the cached pooled text of every item (``item_text``), the users' training
+histories (``history``) and the item-seen gate, so a saved state dict is enough to serve.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmrec.models.encoder import TextEncoder, batch_tokens, encode_all
+from lmrec.models.towers import ItemTower, UserTower, UserTowerKind
+
+RankingHead = Literal["interest", "rating"]
+
+
+def history_matrix(train: pd.DataFrame, n_users: int, max_history: int) -> torch.Tensor:
+    """[n_users, L] item indices of each user's training items (most recent ``max_history``), -1 = padding."""
+    cols = ["user_idx", "timestamp", "item_idx"] if "timestamp" in train else ["user_idx", "item_idx"]
+    df = train.sort_values(cols, kind="stable")
+    users = df["user_idx"].to_numpy()
+    items = df["item_idx"].to_numpy()
+    counts = np.bincount(users, minlength=n_users)
+    width = max(1, min(int(counts.max(initial=0)), max_history))
+    # position of each row from the end of its user's block: keeps the most recent when truncating
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    rank_from_end = counts[users] - 1 - (np.arange(len(users)) - starts)
+    keep = rank_from_end < width
+    out = np.full((n_users, width), -1, dtype=np.int64)
+    slot = np.minimum(counts[users], width) - 1 - rank_from_end
+    out[users[keep], slot[keep]] = items[keep]
+    return torch.from_numpy(out)
+
+
+class TwoTowerModel(nn.Module):
+    """Encoder + item tower + user tower + rating and interest heads."""
+
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        n_users: int,
+        n_items: int,
+        dim: int = 64,
+        user_tower: UserTowerKind = "mean",
+        item_id_embeddings: bool = True,
+        user_id_embeddings: bool = True,
+        user_text: bool = False,
+        max_history: int = 256,
+        ranking_head: RankingHead = "interest",
+    ) -> None:
+        super().__init__()
+        hidden = encoder.hidden_size
+        self.encoder = encoder
+        self.n_users, self.n_items, self.max_history = n_users, n_items, max_history
+        self.ranking_head = ranking_head
+        self.item_tower = ItemTower(hidden, dim, n_items, item_id_embeddings)
+        self.user_tower = UserTower(dim, n_users, user_tower, user_id_embeddings, hidden if user_text else None)
+        # rating head
+        self.user_bias = nn.Embedding(n_users, 1)
+        self.item_bias = nn.Embedding(n_items, 1)
+        nn.init.zeros_(self.user_bias.weight)
+        nn.init.zeros_(self.item_bias.weight)
+        self.text_bias = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.text_bias.weight)
+        # interest head
+        self.interest_proj = nn.Linear(dim, dim)
+        self.register_buffer("global_mean", torch.zeros(()))
+        self.register_buffer("item_text", torch.zeros(n_items, hidden))
+        self.register_buffer("user_text", torch.zeros(n_users, hidden) if user_text else torch.zeros(0, hidden))
+        self.register_buffer("history", torch.full((n_users, 1), -1, dtype=torch.long))
+
+    # ---- building blocks (used by the training wrapper and by the recommender) ----
+    def encode_items(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Pooled encoder output for a block of pre-tokenised item texts, padded to its longest row."""
+        b_ids, b_mask = batch_tokens(ids, lengths)
+        return self.encoder(b_ids, b_mask)
+
+    def text_table(self, fresh_idx: torch.Tensor | None = None, fresh: torch.Tensor | None = None) -> torch.Tensor:
+        """All items' pooled text: cached rows (no gradient) with ``fresh_idx`` rows replaced by ``fresh``."""
+        table = self.item_text.detach()
+        if fresh_idx is None:
+            return table
+        return table.index_put((fresh_idx,), fresh.to(table.dtype))
+
+    def item_vectors(self, text_table: torch.Tensor, id_keep: torch.Tensor | None = None) -> torch.Tensor:
+        return self.item_tower(text_table, id_keep)
+
+    def item_biases(self, text_table: torch.Tensor) -> torch.Tensor:
+        gate = self.item_tower.seen.to(text_table.dtype)
+        return gate * self.item_bias.weight[:, 0] + self.text_bias(text_table)[:, 0]
+
+    def user_vectors(
+        self,
+        user_idx: torch.Tensor,
+        item_vectors: torch.Tensor,
+        row_user: torch.Tensor | None = None,
+        exclude_item: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        text = self.user_text[user_idx] if self.user_text.shape[0] else None
+        return self.user_tower(user_idx, self.history[user_idx], item_vectors, row_user, exclude_item, text)
+
+    def rating(
+        self, user_vec: torch.Tensor, user_idx: torch.Tensor, item_vec: torch.Tensor, item_bias: torch.Tensor
+    ) -> torch.Tensor:
+        """Aligned rows: predicted rating."""
+        return self.global_mean + self.user_bias(user_idx)[:, 0] + item_bias + (user_vec * item_vec).sum(-1)
+
+    def interest(self, vec: torch.Tensor) -> torch.Tensor:
+        """Unit vectors in the interest space (cosine scoring)."""
+        return F.normalize(self.interest_proj(vec), dim=-1)
+
+    # ---- maintenance ----
+    @torch.no_grad()
+    def refresh_item_text(
+        self, ids: torch.Tensor, lengths: torch.Tensor, batch_size: int = 256, autocast_dtype: torch.dtype | None = None
+    ) -> None:
+        """Re-encode every item text with the current encoder (after fine-tuning steps made the cache stale)."""
+        self.item_text.copy_(encode_all(self.encoder, ids, lengths, batch_size, autocast_dtype))
+
+    @torch.no_grad()
+    def refresh_user_text(
+        self, ids: torch.Tensor, lengths: torch.Tensor, batch_size: int = 256, autocast_dtype: torch.dtype | None = None
+    ) -> None:
+        if self.user_text.shape[0]:
+            self.user_text.copy_(encode_all(self.encoder, ids, lengths, batch_size, autocast_dtype))
+
+    def set_history(self, train: pd.DataFrame) -> None:
+        """Replace the user histories (and the item-seen gate) from a training frame."""
+        hist = history_matrix(train, self.n_users, self.max_history).to(self.history.device)
+        self.history = hist  # buffer re-registration keeps it in the state dict with its new width
+
+    def set_seen_items(self, item_idx: np.ndarray) -> None:
+        seen = torch.zeros(self.n_items, dtype=torch.bool, device=self.item_text.device)
+        seen[torch.as_tensor(np.unique(item_idx), device=seen.device)] = True
+        self.item_tower.seen.copy_(seen)
+
+    @torch.no_grad()
+    def precompute(self) -> dict[str, torch.Tensor]:
+        """Serving tables from the cached item text: item vectors, biases, interest vectors, user vectors."""
+        text = self.text_table()
+        item_vec = self.item_vectors(text)
+        users = torch.arange(self.n_users, device=text.device)
+        user_vec = torch.cat([self.user_vectors(u, item_vec) for u in users.split(4096)])
+        return {
+            "item_vectors": item_vec,
+            "item_bias": self.item_biases(text),
+            "item_interest": self.interest(item_vec),
+            "user_vectors": user_vec,
+            "user_interest": self.interest(user_vec),
+        }
+
+
+class TwoTowerRecommender:
+    """``lmrec.models.base.Recommender`` view of a trained ``TwoTowerModel`` (precomputed tables, no encoder pass)."""
+
+    name = "two_tower"
+
+    def __init__(self, model: TwoTowerModel, name: str | None = None) -> None:
+        self.model = model.eval()
+        if name:
+            self.name = name
+        self.tables = {k: v.float().cpu() for k, v in model.precompute().items()}
+
+    def fit(self, train: pd.DataFrame, n_users: int, n_items: int) -> "TwoTowerRecommender":
+        """Fold in new histories without retraining: user vectors are re-pooled from ``train``'s items."""
+        if (n_users, n_items) != (self.model.n_users, self.model.n_items):
+            raise ValueError(
+                f"model was trained for {self.model.n_users} users x {self.model.n_items} items, "
+                f"got {n_users} x {n_items}"
+            )
+        self.model.set_history(train)
+        self.tables = {k: v.float().cpu() for k, v in self.model.precompute().items()}
+        return self
+
+    def predict(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
+        t = self.tables
+        u = torch.as_tensor(np.asarray(user_idx), dtype=torch.long)
+        i = torch.as_tensor(np.asarray(item_idx), dtype=torch.long)
+        dot = (t["user_vectors"][u] * t["item_vectors"][i]).sum(-1)
+        bias = self.model.user_bias.weight[:, 0].detach().cpu()[u] + t["item_bias"][i]
+        return (self.model.global_mean.cpu() + bias + dot).numpy().astype(np.float32)
+
+    def score_items(self, user_idx: np.ndarray) -> np.ndarray:
+        t = self.tables
+        u = torch.as_tensor(np.asarray(user_idx), dtype=torch.long)
+        if self.model.ranking_head == "interest":
+            return (t["user_interest"][u] @ t["item_interest"].T).numpy().astype(np.float32)
+        scores = t["user_vectors"][u] @ t["item_vectors"].T + t["item_bias"][None, :]
+        return scores.numpy().astype(np.float32)
+
+    def similar_items(self, item_idx: np.ndarray, k: int = 10) -> np.ndarray:
+        """Top-k related items by interest-space cosine (the item itself excluded): [len(item_idx), k]."""
+        t = self.tables["item_interest"]
+        i = torch.as_tensor(np.asarray(item_idx), dtype=torch.long)
+        sims = t[i] @ t.T
+        sims[torch.arange(len(i)), i] = float("-inf")
+        return sims.topk(k, dim=1).indices.numpy()

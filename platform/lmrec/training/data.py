@@ -1,0 +1,172 @@
+"""``PreparedData``: the dataset, split and tokenised texts of one run, built once and shipped to every worker.
+
+Item texts are rendered and tokenised here, once, into fixed-width int32 arrays; training steps slice rows and
+pad only to the longest text of the step. The object holds only numpy arrays and small frames so it pickles small
+(Ray sends it once per worker). No ``ray`` import: the Ray harness wraps ``train_frame()`` in a Ray Dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from lmrec.config.train import TrainSpec
+from lmrec.data.schema import Dataset
+
+TRAIN_COLUMNS = ["user_idx", "item_idx", "rating"]
+
+
+@dataclass
+class PreparedData:
+    """Split frames (index columns only), tokenised texts, id maps and a fingerprint of what was trained on."""
+
+    dataset: str
+    n_users: int
+    n_items: int
+    train: pd.DataFrame
+    valid: pd.DataFrame | None
+    test: pd.DataFrame | None
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    item_tokens: np.ndarray  # [n_items, max_length] int32, right-padded
+    item_lengths: np.ndarray  # [n_items] int32
+    item_texts: list[str]
+    user_tokens: np.ndarray | None = None
+    user_lengths: np.ndarray | None = None
+    cold_items: np.ndarray | None = None
+    split_params: dict = field(default_factory=dict)
+    fingerprint: str = ""
+
+    def train_frame(self) -> pd.DataFrame:
+        """The training interactions Ray Data shards: columns user_idx, item_idx (int64), rating (float32)."""
+        return self.train[TRAIN_COLUMNS].reset_index(drop=True)
+
+    def iter_train_batches(
+        self, epoch: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Shuffled batches of this rank's shard, in Ray Data's ``iter_batches(batch_format="numpy")`` form."""
+        frame = self.train_frame()
+        order = np.random.default_rng([seed, epoch]).permutation(len(frame))[rank::world_size]
+        cols = {c: frame[c].to_numpy() for c in TRAIN_COLUMNS}
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            yield {c: v[rows] for c, v in cols.items()}
+
+    def steps_per_epoch(self, batch_size: int, world_size: int = 1) -> int:
+        shard = -(-len(self.train) // world_size)
+        return -(-shard // batch_size)
+
+
+def _slice(dataset: Dataset, max_users: int | None, max_items: int | None) -> Dataset:
+    """The first ``max_users`` users x first ``max_items`` items, re-indexed (CI-sized runs of real data)."""
+    inter = dataset.interactions
+    keep = np.ones(len(inter), dtype=bool)
+    if max_users is not None:
+        keep &= inter["user_idx"].to_numpy() < max_users
+    if max_items is not None:
+        keep &= inter["item_idx"].to_numpy() < max_items
+    inter = inter[keep]
+    items = dataset.items[dataset.items["item_id"].isin(inter["item_id"])].drop(columns="item_idx")
+    users = dataset.users[dataset.users["user_id"].isin(inter["user_id"])].drop(columns="user_idx")
+    return Dataset.build(dataset.name, inter, items, users, dataset.meta)
+
+
+def render_user_texts(users: pd.DataFrame, template: str) -> list[str]:
+    """``template.format(**row)`` for every user row; missing fields render empty."""
+    rows = users.to_dict("records")
+    return [template.format_map({k: ("" if v is None else v) for k, v in r.items()}) for r in rows]
+
+
+def fingerprint(dataset: str, split_params: dict, train: pd.DataFrame, item_texts: list[str]) -> str:
+    """sha256 over what the model learned from: train rows, item texts, split parameters (hex, 16 chars)."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"dataset": dataset, "split": split_params}, sort_keys=True, default=str).encode())
+    for c in TRAIN_COLUMNS:
+        h.update(np.ascontiguousarray(train[c].to_numpy()).tobytes())
+    h.update("\x00".join(item_texts).encode("utf-8"))
+    return h.hexdigest()[:16]
+
+
+def build_prepared(
+    spec: TrainSpec,
+    dataset: Dataset,
+    train: pd.DataFrame,
+    valid: pd.DataFrame | None,
+    test: pd.DataFrame | None,
+    item_texts: list[str],
+    *,
+    cold_items: np.ndarray | None = None,
+    split_params: dict | None = None,
+    tokenizer=None,
+) -> PreparedData:
+    """Tokenise texts and pack split frames; used by ``prepare_data`` and by tests with hand-made frames."""
+    from lmrec.models.encoder import load_tokenizer, tokenize_texts
+
+    if len(item_texts) != dataset.n_items:
+        raise ValueError(f"{len(item_texts)} item texts for {dataset.n_items} items")
+    tokenizer = tokenizer or load_tokenizer(spec.model.encoder)
+    ids, lengths = tokenize_texts(tokenizer, item_texts, spec.model.max_length)
+    u_ids = u_len = None
+    if spec.model.user_text:
+        u_ids, u_len = tokenize_texts(tokenizer, render_user_texts(dataset.users, spec.data.user_template),
+                                      spec.model.max_length)
+
+    def compact(df: pd.DataFrame | None) -> pd.DataFrame | None:
+        if df is None or len(df) == 0:
+            return None
+        cols = [c for c in ("user_idx", "item_idx", "rating", "timestamp") if c in df]
+        out = df[cols].reset_index(drop=True).copy()
+        out["user_idx"] = out["user_idx"].astype(np.int64)
+        out["item_idx"] = out["item_idx"].astype(np.int64)
+        out["rating"] = out["rating"].astype(np.float32)
+        return out
+
+    params = dict(split_params or {})
+    train_c = compact(train)
+    return PreparedData(
+        dataset=dataset.name,
+        n_users=dataset.n_users,
+        n_items=dataset.n_items,
+        train=train_c,
+        valid=compact(valid),
+        test=compact(test),
+        user_ids=dataset.user_ids,
+        item_ids=dataset.item_ids,
+        item_tokens=ids,
+        item_lengths=lengths,
+        item_texts=list(item_texts),
+        user_tokens=u_ids,
+        user_lengths=u_len,
+        cold_items=cold_items,
+        split_params=params,
+        fingerprint=fingerprint(dataset.name, params, train_c, list(item_texts)),
+    )
+
+
+def prepare_data(spec: TrainSpec) -> PreparedData:
+    """Load the dataset, make the split, render and tokenise item texts once (see module docstring)."""
+    from lmrec.data.registry import load_dataset
+    from lmrec.data.splits import make_split
+    from lmrec.data.text import render_item_texts
+
+    dataset = load_dataset(spec.data.dataset)
+    if spec.data.max_users is not None or spec.data.max_items is not None:
+        dataset = _slice(dataset, spec.data.max_users, spec.data.max_items)
+    split = make_split(dataset, spec.data.split)
+    train, valid = split.train, split.valid
+    params = dict(split.params)
+    if (valid is None or len(valid) == 0) and spec.data.valid_from_train > 0:
+        # a fixed, seeded slice of train: early stopping must never look at the test part
+        rng = np.random.default_rng([spec.seed, 7])
+        is_valid = rng.random(len(train)) < spec.data.valid_from_train
+        train, valid = train[~is_valid], train[is_valid]
+        params["valid_from_train"] = spec.data.valid_from_train
+    texts = list(render_item_texts(dataset.items, spec.data.item_template))
+    return build_prepared(
+        spec, dataset, train, valid, split.test, texts, cold_items=split.cold_items, split_params=params
+    )

@@ -1,0 +1,284 @@
+"""Train a ``TrainSpec`` on Ray Train: the driver behind ``lmrec train`` and Ray Jobs.
+
+    lmrec train jobs/ml100k-minilm-multitask.yaml
+    ray job submit --working-dir . -- lmrec train jobs/ml100k-minilm-multitask.yaml
+
+The driver checks everything it can before any cluster time is spent (the spec, the DeepSpeed JSON, the data:
+``prepare_data`` runs here, once), then joins a running cluster (``RAY_ADDRESS`` or ``address="auto"``) or starts
+a local one, shards the training interactions as a Ray Dataset and runs ``lmrec.training.worker`` on
+``num_workers`` workers under a ``TorchTrainer``. Checkpoints go to ``<storage_path>/<name>/epoch_NNNN``; running
+the same spec again resumes from the latest one (``resume=False`` starts a fresh, timestamped run), and
+``FailureConfig(max_failures)`` restarts a crashed worker group from it. Rank 0 writes the serving artifact to
+``<storage_path>/<name>/artifact``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from pydantic import Field, ValidationError
+
+from lmrec.config.base import SpecError, StrictModel, load_spec
+from lmrec.config.train import TrainSpec
+
+log = logging.getLogger(__name__)
+
+FAULT_ENV = "LMREC_FAULT_INJECTION"
+DEFAULT_STORAGE = "~/ray_results"
+# What a worker needs from the driver's environment (Ray workers inherit the raylet's, not the driver's).
+PASSED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "TORCH_EXTENSIONS_DIR", "LMREC_DATA_DIR",
+              "LMREC_CACHE_DIR")
+
+
+class FaultInjection(StrictModel):
+    """Test-only: worker ``rank`` exits mid-epoch ``epoch`` once (set ``LMREC_FAULT_INJECTION`` to this as JSON)."""
+
+    epoch: int = Field(..., ge=0, description="0-based epoch in which the worker dies (after its first batch).")
+    rank: int = Field(..., ge=0, description="World rank of the worker that dies.")
+    marker: str | None = Field(None, description="File written before dying; its presence disarms the fault.")
+
+
+@dataclass
+class TrainResult:
+    """What a finished run leaves behind; paths are on the run's storage (local path or URI)."""
+
+    name: str
+    run_path: str
+    metrics: dict  # last reported epoch: train losses, val metrics, best-so-far
+    best_metrics: dict  # the epoch the artifact was exported from
+    history: list[dict] = field(default_factory=list)  # one entry per trained epoch, across restarts
+    checkpoint_path: str | None = None  # latest checkpoint (what a resume starts from)
+    best_checkpoint_path: str | None = None
+    artifact_path: str | None = None
+    seconds: float = 0.0
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["optim.lr_heads=1e-3", "scaling.num_workers=4"]`` -> dotted-key dict; values parsed as YAML scalars."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"override {item!r} is not KEY=VALUE (e.g. optim.epochs=3)")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def resolve_deepspeed_config(spec: TrainSpec, spec_path: str | Path | None) -> dict | None:
+    """The DeepSpeed JSON as a dict when the engine may be DeepSpeed; ``None`` for DDP.
+
+    A relative path is looked up beside the spec file, then in the working directory (the job's working_dir).
+    Missing or invalid JSON is a ``SpecError`` for engine "deepspeed"; for "auto" only when a GPU makes it needed.
+    """
+    scaling = spec.scaling
+    if scaling.engine == "ddp":
+        return None
+    raw = Path(scaling.deepspeed_config).expanduser()
+    if raw.is_absolute():
+        candidates = [raw]
+    else:
+        candidates = ([Path(spec_path).parent / raw] if spec_path else []) + [Path.cwd() / raw]
+    for path in candidates:
+        if path.is_file():
+            try:
+                return json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise SpecError(f"{path}: scaling.deepspeed_config is not valid JSON: {e}") from None
+    if scaling.engine == "deepspeed":
+        tried = ", ".join(str(p) for p in candidates)
+        raise SpecError(f"scaling.deepspeed_config {scaling.deepspeed_config!r} not found (tried {tried})")
+    return None
+
+
+def fault_from_env(run_path: str) -> dict | None:
+    """Parse ``LMREC_FAULT_INJECTION``; the default marker lives in the run folder (so a rerun stays disarmed)."""
+    raw = os.environ.get(FAULT_ENV)
+    if not raw:
+        return None
+    try:
+        fault = FaultInjection.model_validate_json(raw)
+    except ValidationError as e:
+        raise SpecError(f"{FAULT_ENV}: {e}") from None
+    if fault.marker is None:
+        if _is_uri(run_path):
+            raise SpecError(f"{FAULT_ENV}: give a 'marker' path when the storage is remote ({run_path})")
+        fault.marker = str(Path(run_path) / ".fault_injected")
+    return fault.model_dump()
+
+
+def _run_exists(run_path: str) -> bool:
+    import pyarrow.fs
+
+    if _is_uri(run_path):
+        fs, path = pyarrow.fs.FileSystem.from_uri(run_path)
+    else:
+        fs, path = pyarrow.fs.LocalFileSystem(), run_path
+    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
+def run_location(spec: TrainSpec, resume: bool) -> tuple[str, str]:
+    """(storage_path, run name). Resuming reuses ``spec.name``; a fresh run of an existing name gets a timestamp."""
+    storage = spec.scaling.storage_path or DEFAULT_STORAGE
+    storage = storage if _is_uri(storage) else str(Path(storage).expanduser().resolve())
+    name = spec.name
+    if not resume and _run_exists(f"{storage.rstrip('/')}/{name}"):
+        name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        log.info("resume disabled and run %r exists: starting a fresh run %r", spec.name, name)
+    return storage, name
+
+
+def connect_ray() -> None:
+    """Join the cluster named by ``RAY_ADDRESS`` (set inside Ray Jobs), else a running local one, else start one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+        return
+    try:
+        ray.init(address="auto")
+    except ConnectionError:
+        ray.init()
+
+
+def _worker_env() -> dict:
+    """Worker env: this interpreter's bin/ first on PATH (DeepSpeed's JIT ops find the same ninja), offline HF."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+    env["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def train(spec: TrainSpec, *, spec_path: str | Path | None = None, resume: bool = True) -> TrainResult:
+    """Run ``spec`` on Ray Train (see the module docstring) and return metrics, checkpoint and artifact paths."""
+    import ray
+    import ray.data
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from lmrec.training.data import prepare_data
+    from lmrec.training.worker import train_loop_per_worker
+
+    started = time.perf_counter()
+    ds_config = resolve_deepspeed_config(spec, spec_path)
+    storage, name = run_location(spec, resume)
+    run_path = f"{storage.rstrip('/')}/{name}"
+    fault = fault_from_env(run_path)
+
+    data = prepare_data(spec)
+    frame = data.train_frame()
+    # Shuffle once here: source files are often sorted by user, and workers only shuffle within a local buffer.
+    frame = frame.iloc[np.random.default_rng(spec.seed).permutation(len(frame))].reset_index(drop=True)
+    log.info("prepared %s: %d users, %d items, %d train / %d valid interactions (fingerprint %s)", data.dataset,
+             data.n_users, data.n_items, len(frame), 0 if data.valid is None else len(data.valid), data.fingerprint)
+
+    connect_ray()
+    scaling = spec.scaling
+    use_gpu = bool(ray.cluster_resources().get("GPU", 0)) if scaling.use_gpu == "auto" else scaling.use_gpu
+    if scaling.engine == "auto" and use_gpu and ds_config is None:
+        raise SpecError(f"engine 'auto' picks DeepSpeed on GPU but {scaling.deepspeed_config!r} was not found")
+    has_valid = data.valid is not None and len(data.valid) > 0
+    rows_per_worker = max(1, len(frame) // scaling.num_workers)
+    config = {
+        "spec": spec.model_dump(mode="json"),
+        "data_ref": ray.put(data),
+        "deepspeed_config": ds_config,
+        "artifact_path": f"{run_path}/artifact",
+        "shuffle_buffer": min(rows_per_worker, 4 * spec.optim.batch_size),
+        "fault": fault,
+    }
+    metric = spec.early_stopping.metric
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=scaling.num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": scaling.cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=scaling.max_failures),
+            # keeps the best epoch (for export) and the latest (for resume; Ray never deletes the latest)
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=2,
+                checkpoint_score_attribute=metric if has_valid else None,
+                checkpoint_score_order=spec.early_stopping.mode,
+            ),
+            worker_runtime_env={"env_vars": _worker_env()},
+        ),
+        datasets={"train": ray.data.from_pandas(frame)},
+    )
+    log.info("training %r on %d worker(s) (gpu=%s, engine=%s), run folder %s", name, scaling.num_workers, use_gpu,
+             scaling.engine, run_path)
+    result = trainer.fit()
+    summary = result.return_value or {}
+    best_ckpt = result.get_best_checkpoint(metric, spec.early_stopping.mode) if has_valid else None
+    out = TrainResult(
+        name=name,
+        run_path=run_path,
+        metrics=dict(result.metrics or {}),
+        best_metrics=summary.get("best_metrics", {}),
+        history=summary.get("history", []),
+        checkpoint_path=result.checkpoint.path if result.checkpoint else None,
+        best_checkpoint_path=best_ckpt.path if best_ckpt else None,
+        artifact_path=summary.get("artifact_path"),
+        seconds=time.perf_counter() - started,
+    )
+    log.info("run %r finished in %.0f s: %s; artifact %s", name, out.seconds,
+             " ".join(f"{k}={v:.4f}" for k, v in out.best_metrics.items() if k.startswith("val_")), out.artifact_path)
+    return out
+
+
+def main_train(spec_path: str, overrides: dict | None = None, resume: bool = True) -> int:
+    """``lmrec train SPEC``: 0 on success, 2 for an invalid spec (nothing started), 1 when training failed."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        spec = load_spec(TrainSpec, spec_path, overrides)
+        resolve_deepspeed_config(spec, spec_path)
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from ray.train import TrainingFailedError
+
+    try:
+        result = train(spec, spec_path=spec_path, resume=resume)
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingFailedError as e:
+        print(f"error: training failed: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps({"name": result.name, "run_path": result.run_path, "artifact": result.artifact_path,
+                      "checkpoint": result.checkpoint_path, "best": result.best_metrics,
+                      "epochs": len(result.history), "seconds": round(result.seconds, 1)}, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Train a job spec on Ray Train (same as `lmrec train`).")
+    parser.add_argument("spec")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--no-resume", dest="resume", action="store_false")
+    args = parser.parse_args()
+    try:
+        cli_overrides = parse_overrides(args.overrides)
+    except SpecError as err:
+        parser.exit(2, f"error: {err}\n")
+    sys.exit(main_train(args.spec, cli_overrides, args.resume))

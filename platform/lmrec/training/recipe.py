@@ -1,0 +1,282 @@
+"""The two-tower training recipe: setup -> epochs of steps -> validate -> checkpoint -> export.
+
+Cost follows unique items, not interactions. Item texts are tokenised once (``PreparedData``) and encoded once
+without gradient into a cache (``TwoTowerModel.item_text``). Each step re-encodes, *with* gradient, at most
+``optim.items_encoded_per_step`` of the step's unique items (padded to the longest of them), splices those rows
+into the cached table, and computes every item vector from that table: all ratings touching an item reuse one
+vector, and user vectors are pooled from item vectors, never from per-row text. After the optimizer step the
+fresh rows overwrite the stale cache rows; a full no-grad refresh runs every ``refresh_every_epochs``.
+
+The Ray harness (``lmrec.training`` Ray modules) calls exactly this class; this file imports no ``ray``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from lmrec.config.train import TrainSpec
+from lmrec.models.encoder import build_encoder, load_tokenizer
+from lmrec.models.tasks import ClickTask, MultiTaskObjective, RatingTask, RelatedTask, StepContext
+from lmrec.models.two_tower import TwoTowerModel, TwoTowerRecommender
+from lmrec.training.data import PreparedData
+from lmrec.training.engines import DeepSpeedEngine, TorchEngine, deepspeed_config, distributed_world, resolve_engine
+
+log = logging.getLogger(__name__)
+
+
+def build_model(spec: TrainSpec, n_users: int, n_items: int) -> TwoTowerModel:
+    """The inference model described by ``spec.model`` (weights from the encoder, towers freshly initialised)."""
+    m = spec.model
+    encoder = build_encoder(m.encoder, m.pooling, m.encoder_init)
+    return TwoTowerModel(
+        encoder, n_users, n_items, dim=m.dim, user_tower=m.user_tower, item_id_embeddings=m.item_id_embeddings,
+        user_id_embeddings=m.user_id_embeddings, user_text=m.user_text, max_history=m.max_history,
+        ranking_head="interest" if spec.tasks.click.weight > 0 or spec.tasks.related.weight > 0 else "rating",
+    )
+
+
+def build_objective(spec: TrainSpec) -> MultiTaskObjective:
+    t = spec.tasks
+    return MultiTaskObjective([
+        RatingTask(t.rating.weight, t.rating.l2),
+        ClickTask(t.click.weight, t.click.temperature, t.click.positive_threshold, t.click.id_dropout),
+        RelatedTask(t.related.weight, t.related.temperature),
+    ])
+
+
+class TwoTowerTrain(nn.Module):
+    """Training wrapper: one step's forward (encode fresh items, towers, task losses). Holds no extra weights."""
+
+    def __init__(self, model: TwoTowerModel, objective: MultiTaskObjective, item_tokens: torch.Tensor,
+                 item_lengths: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+        self.register_buffer("item_tokens", item_tokens, persistent=False)
+        self.register_buffer("item_lengths", item_lengths, persistent=False)
+        self.autocast_dtype = autocast_dtype
+
+    def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor, rating: torch.Tensor,
+                encode_idx: torch.Tensor, generator: torch.Generator | None = None):
+        """Returns (total loss, float logs, the freshly encoded rows detached for the cache)."""
+        model = self.model
+        device = user_idx.device
+        with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            fresh = None
+            if len(encode_idx):
+                fresh = model.encode_items(self.item_tokens[encode_idx], self.item_lengths[encode_idx])
+            text = model.text_table(encode_idx if fresh is not None else None, fresh)
+            item_vec = model.item_vectors(text)
+            item_bias = model.item_biases(text)
+            users, row_user = torch.unique(user_idx, return_inverse=True)
+            user_vec = model.user_vectors(users, item_vec, row_user, exclude_item=item_idx)
+            ctx = StepContext(user_idx, item_idx, rating, text, item_vec, item_bias, user_vec, generator)
+            loss, logs = self.objective(model, ctx)
+        return loss, logs, None if fresh is None else fresh.detach()
+
+
+class TwoTowerRecipe:
+    """Model + optimizer + engine for one worker; see the module docstring for the step design."""
+
+    def __init__(self, spec: TrainSpec, data: PreparedData, *, device: torch.device, world_size: int = 1,
+                 rank: int = 0) -> None:
+        self.spec, self.data, self.device = spec, data, torch.device(device)
+        self.world_size, self.rank = world_size, rank
+        torch.manual_seed(spec.seed)
+        self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
+        o = spec.optim
+        self.model = build_model(spec, data.n_users, data.n_items).to(self.device)
+        self._init_state()
+        self.objective = build_objective(spec)
+        self.train_module = TwoTowerTrain(
+            self.model, self.objective, torch.as_tensor(data.item_tokens).to(self.device),
+            torch.as_tensor(data.item_lengths).to(self.device), self.autocast_dtype,
+        )
+        optimizer = torch.optim.AdamW(self._param_groups(), lr=o.lr_heads, weight_decay=o.weight_decay)
+        self.engine_name = resolve_engine(spec.scaling.engine, self.device)
+        if self.engine_name == "deepspeed":
+            cfg = deepspeed_config(spec.scaling.deepspeed_config, micro_batch=o.batch_size, world_size=world_size,
+                                   grad_clip=o.grad_clip, device=self.device)
+            self.engine: TorchEngine | DeepSpeedEngine = DeepSpeedEngine(self.train_module, optimizer, cfg)
+        else:
+            self.engine = TorchEngine(self.train_module, optimizer, o.grad_clip)
+        self.epoch = 0  # next epoch to run
+        self.best: float | None = None
+        self.best_epoch = -1
+        self.bad_epochs = 0
+        self.history: list[dict] = []
+        self._cache_fresh = True
+
+    # ---- setup ----
+    def _init_state(self) -> None:
+        """Data-derived buffers: global mean, histories, seen gate, and the first (frozen) text encodings."""
+        m, d = self.model, self.data
+        m.global_mean.fill_(float(d.train["rating"].mean()))
+        m.set_history(d.train)
+        m.set_seen_items(d.train["item_idx"].to_numpy())
+        self._refresh_text()
+        if self.spec.optim.lr_encoder == 0 or self.spec.optim.items_encoded_per_step == 0:
+            m.encoder.requires_grad_(False)
+
+    def _refresh_text(self) -> None:
+        d, bs = self.data, self.spec.optim.encode_batch_size
+        with self.engine.gathered() if hasattr(self, "engine") else torch.no_grad():
+            self.model.refresh_item_text(torch.as_tensor(d.item_tokens), torch.as_tensor(d.item_lengths), bs,
+                                         self.autocast_dtype)
+            if d.user_tokens is not None:
+                self.model.refresh_user_text(torch.as_tensor(d.user_tokens), torch.as_tensor(d.user_lengths), bs,
+                                             self.autocast_dtype)
+        self._cache_fresh = True
+
+    def _param_groups(self) -> list[dict]:
+        o = self.spec.optim
+        enc, no_decay, rest = [], [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            if name.startswith("encoder."):
+                enc.append(p)
+            elif "embedding" in name or name.endswith("_bias.weight") and "text_bias" not in name:
+                no_decay.append(p)  # ID rows are regularised per batch by the rating task's L2
+            else:
+                rest.append(p)
+        groups = [{"params": rest}, {"params": no_decay, "weight_decay": 0.0}]
+        if enc:
+            groups.append({"params": enc, "lr": o.lr_encoder})
+        return [g for g in groups if g["params"]]
+
+    # ---- training ----
+    def _all_have_batch(self, have: bool) -> bool:
+        initialised, world, _ = distributed_world()
+        if not initialised or world == 1:
+            return have
+        flag = torch.tensor([1 if have else 0], device=self.device if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def train_epoch(self, epoch: int, batches: Iterable[dict[str, np.ndarray]]) -> dict[str, float]:
+        """One pass over ``batches``; every rank stops at the step where the first rank runs out."""
+        o = self.spec.optim
+        self.train_module.train()
+        rng = np.random.default_rng([self.spec.seed, epoch, self.rank])
+        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        k = o.items_encoded_per_step if o.finetune_encoder else 0
+        sums: dict[str, float] = {}
+        steps = rows = encoded = 0
+        start = time.perf_counter()
+        it = iter(batches)
+        while True:
+            batch = next(it, None)
+            if not self._all_have_batch(batch is not None):
+                break
+            u = torch.as_tensor(np.asarray(batch["user_idx"]), dtype=torch.long, device=self.device)
+            i = torch.as_tensor(np.asarray(batch["item_idx"]), dtype=torch.long, device=self.device)
+            r = torch.as_tensor(np.asarray(batch["rating"]), dtype=torch.float32, device=self.device)
+            uniq = np.unique(np.asarray(batch["item_idx"]))
+            pick = rng.choice(uniq, size=min(k, len(uniq)), replace=False) if k else uniq[:0]
+            enc = torch.as_tensor(np.sort(pick), dtype=torch.long, device=self.device)
+            loss, logs, fresh = self.engine.module(u, i, r, enc, gen)
+            self.engine.step(loss)
+            if fresh is not None:
+                with torch.no_grad():
+                    self.model.item_text[enc] = fresh.to(self.model.item_text.dtype)
+                self._cache_fresh = False
+            steps += 1
+            rows += len(u)
+            encoded += len(enc)
+            for key, val in logs.items():
+                sums[key] = sums.get(key, 0.0) + val
+            if steps % o.log_every_steps == 0:
+                el = time.perf_counter() - start
+                log.info("epoch %d step %d loss %.4f %s %.0f interactions/s", epoch, steps, sums["loss"] / steps,
+                         " ".join(f"{k}={v / steps:.4f}" for k, v in sums.items() if k.startswith("loss_")),
+                         rows / el)
+        if o.finetune_encoder and o.refresh_every_epochs and (epoch + 1) % o.refresh_every_epochs == 0:
+            self._refresh_text()
+        seconds = time.perf_counter() - start
+        self.epoch = epoch + 1
+        out = {k: v / max(steps, 1) for k, v in sums.items()}
+        out.update(epoch=float(epoch), steps=float(steps), interactions=float(rows), items_encoded=float(encoded),
+                   seconds=seconds, interactions_per_s=rows / max(seconds, 1e-9))
+        log.info("epoch %d done: %d steps, %.1f s, %.0f interactions/s, loss %.4f", epoch, steps, seconds,
+                 out["interactions_per_s"], out.get("loss", float("nan")))
+        return out
+
+    # ---- evaluation ----
+    def as_recommender(self) -> TwoTowerRecommender:
+        """Predict/score_items view on the current weights (``lmrec.models.base.Recommender``)."""
+        with self.engine.gathered():
+            rec = TwoTowerRecommender(self.model, name=self.spec.name)
+        self.train_module.train()
+        return rec
+
+    def validate(self) -> dict[str, float]:
+        """Valid-split metrics; identical on every rank (full valid set everywhere, rank-identical caches)."""
+        if self.world_size > 1 and not self._cache_fresh:
+            self._refresh_text()  # per-rank cache rows diverge between refreshes
+        valid = self.data.valid
+        out: dict[str, float] = {}
+        if valid is not None and len(valid):
+            rec = self.as_recommender()
+            if self.objective.task("rating") is not None:
+                out.update(RatingTask.validate(rec, valid))
+            out.update(ClickTask.validate(rec, self.data.train, valid))
+        out.update(self._observe(out))
+        return out
+
+    def _observe(self, metrics: dict[str, float]) -> dict[str, float]:
+        es = self.spec.early_stopping
+        value = metrics.get(es.metric)
+        improved = False
+        if value is not None:
+            better = self.best is None or (value < self.best if es.mode == "min" else value > self.best)
+            if better:
+                self.best, self.best_epoch, self.bad_epochs, improved = value, self.epoch - 1, 0, True
+            else:
+                self.bad_epochs += 1
+        self.history.append({"epoch": self.epoch - 1, **metrics})
+        return {"best": float("nan") if self.best is None else self.best, "best_epoch": float(self.best_epoch),
+                "is_best": float(improved), "epochs_without_improvement": float(self.bad_epochs)}
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs >= self.spec.early_stopping.patience
+
+    # ---- persistence ----
+    def save_checkpoint(self, directory: str) -> None:
+        """Model + optimizer + epoch + early-stopping state; every rank calls it."""
+        client = {"epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch,
+                  "bad_epochs": self.bad_epochs, "spec": self.spec.model_dump(mode="json")}
+        self.engine.save(directory, client)
+
+    def load_checkpoint(self, directory: str) -> int:
+        """Restore what ``save_checkpoint`` wrote; returns the epoch to resume from."""
+        client = self.engine.load(directory)
+        self.epoch = int(client.get("epoch", 0))
+        self.best, self.best_epoch = client.get("best"), int(client.get("best_epoch", -1))
+        self.bad_epochs = int(client.get("bad_epochs", 0))
+        self._cache_fresh = False
+        return self.epoch
+
+    def export_artifact(self, directory: str, metrics: dict | None = None) -> str:
+        """Serving artifact (safetensors + tokenizer + manifest); call on rank 0 (on every rank under ZeRO-3)."""
+        from lmrec.models.artifact import save_artifact
+
+        if not self._cache_fresh:
+            self._refresh_text()  # precomputed item embeddings must come from the final encoder
+        tokenizer = load_tokenizer(self.spec.model.encoder)
+        with self.engine.gathered():
+            if self.rank != 0:
+                return directory
+            return str(save_artifact(
+                directory, self.model, tokenizer, spec=self.spec.model_dump(mode="json"),
+                fingerprint=self.data.fingerprint, user_ids=self.data.user_ids, item_ids=self.data.item_ids,
+                metrics=metrics or (self.history[-1] if self.history else {}),
+            ))

@@ -1,0 +1,168 @@
+"""The per-worker loop that Ray Train runs: resume -> epochs (train, validate, checkpoint, report) -> export.
+
+Everything arrives through ``config`` (the spec as a dict, the prepared data as an object-store reference, the
+DeepSpeed JSON as a dict, the artifact destination); the loop imports only the installed ``lmrec`` package, never
+the driver's ``__main__``, so it runs the same under ``lmrec train``, Ray Jobs and Ray Tune.
+
+Every rank reports once per epoch with the same metrics (validation is rank-identical), so the early-stopping
+decision and the number of ``ray.train.report`` calls agree across ranks. Each rank saves into its own temporary
+directory and Ray merges them into one checkpoint folder: that is how DeepSpeed's per-rank ZeRO shards end up
+side by side, and how every rank of a restarted group finds them again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import ray.train
+import ray.train.torch
+from ray.train import Checkpoint, CheckpointConsistencyMode
+
+from lmrec.config.train import TrainSpec
+from lmrec.training.recipe import TwoTowerRecipe
+
+log = logging.getLogger(__name__)
+
+HISTORY_FILE = "lmrec_history.json"
+
+
+def _setup_logging() -> None:
+    """Ray forwards worker stdout/stderr to the driver; make ``lmrec`` INFO lines (progress, metrics) reach it."""
+    root = logging.getLogger("lmrec")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", "%H:%M:%S"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def _materialise_spec(config: dict, workdir: str) -> TrainSpec:
+    """The spec with the DeepSpeed JSON written to a local file (paths on the driver's node mean nothing here)."""
+    spec = TrainSpec.model_validate(config["spec"])
+    if config.get("deepspeed_config") is not None:
+        path = Path(workdir) / "deepspeed.json"
+        path.write_text(json.dumps(config["deepspeed_config"]), encoding="utf-8")
+        spec.scaling.deepspeed_config = str(path)
+    return spec
+
+
+def _with_fault(batches, fault: dict | None, epoch: int, rank: int):
+    """Test-only fault injection: this worker process dies (``os._exit``) mid-epoch, once per marker file.
+
+    Before dying it waits until Ray has committed the previous epoch's checkpoint: the controller registers
+    reports on its periodic poll, so a crash within that window would (correctly) resume one epoch earlier and
+    make the test's expectation timing-dependent.
+    """
+    for i, batch in enumerate(batches):
+        if fault and fault["epoch"] == epoch and fault["rank"] == rank and i == 1 and not os.path.exists(fault["marker"]):
+            ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
+            Path(fault["marker"]).write_text(f"killed rank {rank} in epoch {epoch} at {time.time():.0f}\n")
+            log.warning("fault injection: rank %d exits in epoch %d after %d batch(es)", rank, epoch, i)
+            os._exit(1)
+        yield batch
+
+
+def _export(recipe: TwoTowerRecipe, destination: str, metrics: dict, rank: int) -> str | None:
+    """Write the serving artifact to ``destination`` (a local path or a URI) from rank 0.
+
+    Under DeepSpeed every rank enters: ZeRO-3 gathers the partitioned weights collectively.
+    """
+    import pyarrow.fs
+
+    if rank != 0 and recipe.engine_name != "deepspeed":
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        if "://" not in destination:
+            path = recipe.export_artifact(destination if rank == 0 else tmp, metrics)
+            return path if rank == 0 else None
+        local = recipe.export_artifact(os.path.join(tmp, "artifact"), metrics)
+        if rank != 0:
+            return None
+        fs, fs_path = pyarrow.fs.FileSystem.from_uri(destination)
+        pyarrow.fs.copy_files(local, fs_path, destination_filesystem=fs)
+        return destination
+
+
+def _restore_best(recipe: TwoTowerRecipe, best_epoch: int) -> dict | None:
+    """Load the best epoch's checkpoint (kept by ``CheckpointConfig``'s score attribute) before exporting."""
+    for reported in ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED):
+        if int(reported.metrics.get("epoch", -1)) == best_epoch:
+            with reported.checkpoint.as_directory() as directory:
+                recipe.load_checkpoint(directory)
+            return dict(reported.metrics)
+    return None
+
+
+def train_loop_per_worker(config: dict) -> dict | None:
+    """Ray Train entry point; see the module docstring. Rank 0 returns the run summary (``Result.return_value``)."""
+    _setup_logging()
+    ctx = ray.train.get_context()
+    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    workdir = tempfile.mkdtemp(prefix="lmrec-worker-")
+    spec = _materialise_spec(config, workdir)
+    data = ray.get(config["data_ref"])
+    recipe = TwoTowerRecipe(spec, data, device=ray.train.torch.get_device(), world_size=world_size, rank=rank)
+
+    start_epoch, history = 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            start_epoch = recipe.load_checkpoint(directory)
+            history_path = Path(directory) / HISTORY_FILE
+            if history_path.exists():
+                history = json.loads(history_path.read_text(encoding="utf-8"))
+        log.info("rank %d resumed from checkpoint %s at epoch %d", rank, checkpoint.path, start_epoch)
+
+    shard = ray.train.get_dataset_shard("train")
+    epochs, batch_size = spec.optim.epochs, spec.optim.batch_size
+    metric = spec.early_stopping.metric
+    last: dict = history[-1] if history else {}
+    for epoch in range(start_epoch, epochs):
+        batches = shard.iter_batches(
+            batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=config["shuffle_buffer"],
+            local_shuffle_seed=spec.seed * 100_003 + epoch * 101 + rank,
+        )
+        train_metrics = recipe.train_epoch(epoch, _with_fault(batches, config.get("fault"), epoch, rank))
+        val_metrics = recipe.validate()
+        last = {**train_metrics, **val_metrics, "epoch": epoch, "resumed_at_epoch": start_epoch}
+        history.append(last)
+        if rank == 0:
+            shown = " ".join(f"{k}={v:.4f}" for k, v in val_metrics.items() if k.startswith("val_"))
+            log.info("epoch %d/%d loss=%.4f %s best %s=%.4f (epoch %d)%s", epoch + 1, epochs,
+                     train_metrics.get("loss", math.nan), shown, metric, val_metrics.get("best", math.nan),
+                     int(val_metrics.get("best_epoch", -1)) + 1, " [resumed run]" if start_epoch else "")
+        with tempfile.TemporaryDirectory(prefix="lmrec-ckpt-") as tmp:
+            recipe.save_checkpoint(tmp)
+            if rank == 0:
+                (Path(tmp) / HISTORY_FILE).write_text(json.dumps(history), encoding="utf-8")
+            ray.train.report(
+                last,
+                checkpoint=Checkpoint.from_directory(tmp) if os.listdir(tmp) else None,
+                checkpoint_dir_name=f"epoch_{epoch:04d}",
+            )
+        if recipe.should_stop:
+            log.info("early stopping after epoch %d: %s has not improved for %d epochs",
+                     epoch + 1, metric, recipe.bad_epochs)
+            break
+
+    export_metrics = last
+    best_epoch = recipe.best_epoch
+    if history and best_epoch >= 0 and best_epoch != int(history[-1]["epoch"]):
+        restored = _restore_best(recipe, best_epoch)
+        if restored is not None:
+            export_metrics = restored
+            log.info("rank %d restored the best epoch (%d) before export", rank, best_epoch + 1)
+    artifact = _export(recipe, config["artifact_path"], export_metrics, rank)
+    if rank != 0:
+        return None
+    log.info("artifact written to %s", artifact)
+    return {"artifact_path": artifact, "history": history, "best_epoch": best_epoch,
+            "best_metrics": export_metrics, "start_epoch": start_epoch}
