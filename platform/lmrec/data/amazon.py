@@ -12,8 +12,6 @@ import html
 import re
 from pathlib import Path
 
-import pandas as pd
-
 from lmrec.data.parsing import Column, DropLog, read_jsonl, require_file
 from lmrec.data.schema import Dataset
 
@@ -37,6 +35,8 @@ def load_amazon_magazine(folder: Path, *, lenient: bool = False) -> Dataset:
     categories (list[str], HTML entities decoded), brand. Ids are strings.
     """
     folder = Path(folder)
+    reviews_path = require_file(folder, REVIEWS_FILE, "amazon-magazine")
+    metadata_path = require_file(folder, METADATA_FILE, "amazon-magazine")
     log = DropLog()
     review_columns = [
         Column("user_id", source="reviewerID"),
@@ -44,7 +44,7 @@ def load_amazon_magazine(folder: Path, *, lenient: bool = False) -> Dataset:
         Column("rating", "float", source="overall", lo=1, hi=5),
         Column("timestamp", "int", source="unixReviewTime", lo=0),
     ]
-    reviews = log.add(read_jsonl(require_file(folder, REVIEWS_FILE, "amazon-magazine"), review_columns, lenient=lenient))
+    reviews = log.add(read_jsonl(reviews_path, review_columns, lenient=lenient))
     meta_columns = [
         Column("item_id", source="asin"),
         Column("title", required=False),
@@ -52,7 +52,7 @@ def load_amazon_magazine(folder: Path, *, lenient: bool = False) -> Dataset:
         Column("categories", "list", source="category", required=False),
         Column("brand", required=False),
     ]
-    metadata = read_jsonl(require_file(folder, METADATA_FILE, "amazon-magazine"), meta_columns, lenient=lenient)
+    metadata = read_jsonl(metadata_path, meta_columns, lenient=lenient)
     # Duplicate metadata rows are a property of the published file, not an error: keep the first per asin.
     # The metadata covers the whole category (2,320 asins); the catalogue is the reviewed items.
     items = log.add(metadata).drop_duplicates("item_id", keep="first")

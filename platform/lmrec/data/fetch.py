@@ -216,7 +216,7 @@ def _unpack(archive: Path, target: Path, source: DatasetSource) -> Path:
                 if not (work / member).resolve().is_relative_to(work.resolve()):
                     raise DataError(f"{archive.name}: unsafe path {member!r} in the archive")
             zf.extractall(work)
-        tops = [p for p in work.iterdir()]
+        tops = [p for p in work.iterdir() if p.name != "__MACOSX"]  # resource forks from zips made on macOS
         unpacked = tops[0] if len(tops) == 1 and tops[0].is_dir() else work
         lacking = missing_files(unpacked, source)
         if lacking:

@@ -25,13 +25,16 @@ LIST_COLUMNS = ("genres", "tags")
 _PLAIN_INT = re.compile(r"^-?(0|[1-9][0-9]{0,17})$")  # at most 18 digits: always fits in int64
 
 
+_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}
+
+
 def _format(path: Path) -> str:
+    """csv / tsv / parquet / jsonl from the file name (a trailing .gz is allowed for the text formats)."""
     suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
     last = suffixes[-1] if suffixes else ""
-    formats = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}
-    if last not in formats:
+    if last not in _FORMATS:
         raise DataError(f"{path}: unknown file type {last or '(none)'!r}; use .csv, .tsv, .parquet or .jsonl")
-    return formats[last]
+    return _FORMATS[last]
 
 
 def _read(path: Path, columns: Sequence[Column], lenient: bool, keep_other_columns: bool = False) -> ParsedTable:

@@ -46,6 +46,11 @@ def _ratings_columns(lo: float, hi: float, kind: str, source: tuple[str, str, st
     ]
 
 
+def _require_all(folder: Path, dataset: str, names: tuple[str, ...]) -> dict[str, Path]:
+    """Every file of the dataset, checked before any is parsed: a missing one fails fast."""
+    return {name: require_file(Path(folder), name, dataset) for name in names}
+
+
 def split_title_year(titles: pd.Series) -> tuple[pd.Series, pd.Series]:
     """("Toy Story (1995)") -> ("Toy Story", 1995): the title without its year, and the year (nullable Int64)."""
     parts = titles.str.extract(_TITLE_YEAR)
@@ -62,12 +67,11 @@ def _split_genres(genres: pd.Series) -> pd.Series:
 
 def load_ml100k(folder: Path, *, lenient: bool = False) -> Dataset:
     """MovieLens 100K from ``folder`` (u.data, u.item, u.user)."""
-    folder = Path(folder)
+    path = _require_all(folder, "ml-100k", ("u.data", "u.item", "u.user"))
     log = DropLog()
     ratings = log.add(
-        read_delimited(require_file(folder, "u.data", "ml-100k"), _ratings_columns(1, 5, "int"), sep="\t",
-                       encoding="ascii", lenient=lenient)
-    )  # fmt: skip
+        read_delimited(path["u.data"], _ratings_columns(1, 5, "int"), sep="\t", encoding="ascii", lenient=lenient)
+    )
     item_columns = [
         Column("item_id", "int", lo=1),
         Column("title"),
@@ -75,8 +79,7 @@ def load_ml100k(folder: Path, *, lenient: bool = False) -> Dataset:
         Column("video_release_date", required=False),
         Column("url", required=False),
     ] + [Column(f"genre:{g}", "int", lo=0, hi=1) for g in ML100K_GENRES]
-    items = read_delimited(require_file(folder, "u.item", "ml-100k"), item_columns, sep="|", encoding="latin-1",
-                           lenient=lenient)  # fmt: skip
+    items = read_delimited(path["u.item"], item_columns, sep="|", encoding="latin-1", lenient=lenient)
     items = log.add(check_unique(items, "item_id", lenient))
     user_columns = [
         Column("user_id", "int", lo=1),
@@ -85,12 +88,11 @@ def load_ml100k(folder: Path, *, lenient: bool = False) -> Dataset:
         Column("occupation"),
         Column("zip_code"),  # kept as text: some are Canadian postcodes ("T8H1N") or have leading zeros
     ]
-    users = read_delimited(require_file(folder, "u.user", "ml-100k"), user_columns, sep="|", encoding="latin-1",
-                           lenient=lenient)  # fmt: skip
+    users = read_delimited(path["u.user"], user_columns, sep="|", encoding="latin-1", lenient=lenient)
     users = log.add(check_unique(users, "user_id", lenient))
 
     title, year = split_title_year(items["title"])
-    # Titles carry the year almost always; the release date fills the gap (never for item 267 "unknown").
+    # The title's year first; the release date is the fallback (item 267, titled "unknown", has neither).
     year = year.fillna(items["release_date"].dt.year.astype("Int64"))
     flags = items[[f"genre:{g}" for g in ML100K_GENRES]].to_numpy(dtype=bool)
     names = np.array(ML100K_GENRES, dtype=object)
@@ -99,21 +101,19 @@ def load_ml100k(folder: Path, *, lenient: bool = False) -> Dataset:
         "item_id": items["item_id"], "title": title, "year": year, "genres": genres,
         "tags": [[] for _ in range(len(items))], "release_date": items["release_date"], "url": items["url"],
     })  # fmt: skip
-    meta = log.finish("ml-100k", {"source": str(folder)})
+    meta = log.finish("ml-100k", {"source": str(Path(folder))})
     return Dataset.build("ml-100k", ratings, item_table, users, meta=meta)
 
 
 def load_ml1m(folder: Path, *, lenient: bool = False) -> Dataset:
     """MovieLens 1M from ``folder`` (ratings.dat or ratings.dat.gz, movies.dat, users.dat; '::'-separated)."""
-    folder = Path(folder)
+    path = _require_all(folder, "ml-1m", ("ratings.dat", "movies.dat", "users.dat"))
     log = DropLog()
     ratings = log.add(
-        read_delimited(require_file(folder, "ratings.dat", "ml-1m"), _ratings_columns(1, 5, "int"), sep="::",
-                       encoding="ascii", lenient=lenient)
-    )  # fmt: skip
+        read_delimited(path["ratings.dat"], _ratings_columns(1, 5, "int"), sep="::", encoding="ascii", lenient=lenient)
+    )
     movie_columns = [Column("item_id", "int", lo=1), Column("title"), Column("genres", required=False)]
-    movies = read_delimited(require_file(folder, "movies.dat", "ml-1m"), movie_columns, sep="::",
-                            encoding="latin-1", lenient=lenient)  # fmt: skip
+    movies = read_delimited(path["movies.dat"], movie_columns, sep="::", encoding="latin-1", lenient=lenient)
     movies = log.add(check_unique(movies, "item_id", lenient))
     user_columns = [
         Column("user_id", "int", lo=1),
@@ -122,8 +122,7 @@ def load_ml1m(folder: Path, *, lenient: bool = False) -> Dataset:
         Column("occupation", "int", choices=tuple(ML1M_OCCUPATIONS)),
         Column("zip_code"),
     ]
-    users = read_delimited(require_file(folder, "users.dat", "ml-1m"), user_columns, sep="::", encoding="latin-1",
-                           lenient=lenient)  # fmt: skip
+    users = read_delimited(path["users.dat"], user_columns, sep="::", encoding="latin-1", lenient=lenient)
     users = log.add(check_unique(users, "user_id", lenient))
     # Codes become the README's labels: text templates then read "25-34", "college/grad student".
     users["age"] = users["age"].map(ML1M_AGE_GROUPS).astype(object)
@@ -134,26 +133,23 @@ def load_ml1m(folder: Path, *, lenient: bool = False) -> Dataset:
         "item_id": movies["item_id"], "title": title, "year": year, "genres": _split_genres(movies["genres"]),
         "tags": [[] for _ in range(len(movies))],
     })  # fmt: skip
-    meta = log.finish("ml-1m", {"source": str(folder)})
+    meta = log.finish("ml-1m", {"source": str(Path(folder))})
     return Dataset.build("ml-1m", ratings, item_table, users, meta=meta)
 
 
 def load_ml_latest_small(folder: Path, *, lenient: bool = False) -> Dataset:
     """MovieLens latest-small from ``folder`` (ratings.csv, movies.csv, tags.csv; links.csv when present)."""
-    folder = Path(folder)
+    path = _require_all(folder, "ml-latest-small", ("ratings.csv", "movies.csv", "tags.csv"))
     log = DropLog()
     csv = {"sep": ",", "encoding": "utf-8", "header": True, "quoted": True, "lenient": lenient}
     ratings_source = ("userId", "movieId", "rating", "timestamp")
-    ratings = log.add(
-        read_delimited(require_file(folder, "ratings.csv", "ml-latest-small"),
-                       _ratings_columns(0.5, 5, "float", ratings_source), **csv)
-    )  # fmt: skip
+    ratings = log.add(read_delimited(path["ratings.csv"], _ratings_columns(0.5, 5, "float", ratings_source), **csv))
     movie_columns = [
         Column("item_id", "int", source="movieId", lo=1),
         Column("title"),
         Column("genres", required=False),
     ]
-    movies = read_delimited(require_file(folder, "movies.csv", "ml-latest-small"), movie_columns, **csv)
+    movies = read_delimited(path["movies.csv"], movie_columns, **csv)
     movies = log.add(check_unique(movies, "item_id", lenient))
     tag_columns = [
         Column("user_id", "int", source="userId", lo=1),
@@ -161,14 +157,14 @@ def load_ml_latest_small(folder: Path, *, lenient: bool = False) -> Dataset:
         Column("tag"),
         Column("timestamp", "int", lo=0),
     ]
-    tags = log.add(read_delimited(require_file(folder, "tags.csv", "ml-latest-small"), tag_columns, **csv))
+    tags = log.add(read_delimited(path["tags.csv"], tag_columns, **csv))
 
     title, year = split_title_year(movies["title"])
     item_table = pd.DataFrame({
         "item_id": movies["item_id"], "title": title, "year": year, "genres": _split_genres(movies["genres"]),
     })  # fmt: skip
     item_table["tags"] = item_table["item_id"].map(aggregate_tags(tags)).map(lambda t: t if isinstance(t, list) else [])
-    links_path = folder / "links.csv"
+    links_path = Path(folder) / "links.csv"
     if links_path.is_file():
         link_columns = [
             Column("item_id", "int", source="movieId", lo=1),
@@ -177,7 +173,7 @@ def load_ml_latest_small(folder: Path, *, lenient: bool = False) -> Dataset:
         ]
         links = log.add(read_delimited(links_path, link_columns, **csv))
         item_table = item_table.merge(links.drop_duplicates("item_id"), on="item_id", how="left")
-    meta = log.finish("ml-latest-small", {"source": str(folder)})
+    meta = log.finish("ml-latest-small", {"source": str(Path(folder))})
     return Dataset.build("ml-latest-small", ratings, item_table, None, meta=meta)
 
 

@@ -152,7 +152,8 @@ def convert_column(raw: pd.Series, col: Column) -> tuple[pd.Series, pd.Series]:
     n = len(raw)
     if raw.dtype == object:
         stripped = raw.map(lambda v: v.strip() if isinstance(v, str) else v)
-        missing = (stripped.isna() | stripped.map(lambda v: isinstance(v, (str, list)) and len(v) == 0)).to_numpy()
+        empty = stripped.map(lambda v: isinstance(v, (str, list)) and len(v) == 0)
+        missing = (stripped.isna() | empty).to_numpy()
     elif pd.api.types.is_string_dtype(raw.dtype):
         stripped = raw.str.strip()
         missing = (stripped.isna() | (stripped == "")).to_numpy(dtype=bool, na_value=True)
@@ -173,13 +174,15 @@ def convert_column(raw: pd.Series, col: Column) -> tuple[pd.Series, pd.Series]:
         if pd.api.types.is_numeric_dtype(stripped.dtype) and not pd.api.types.is_bool_dtype(stripped.dtype):
             numbers = stripped.to_numpy(dtype=np.float64, na_value=np.nan)
         else:
-            numbers = pd.to_numeric(stripped.where(~missing), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+            numbers = pd.to_numeric(stripped.where(~missing), errors="coerce")
+            numbers = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
         present = ~np.isnan(numbers)
-        flag(~present & ~missing, lambda v: f"{v!r} is not a number")
+        flag(~present & ~missing, lambda v: f"{_show(v)} is not a number")
         finite = np.isfinite(numbers)
-        flag(present & ~finite, lambda v: f"{v!r} is not a finite number")
+        flag(present & ~finite, lambda v: f"{_show(v)} is not a finite number")
         if col.kind == "int":
-            flag(finite & (np.mod(numbers, 1, where=finite, out=np.zeros(n)) != 0), lambda v: f"{v!r} is not an integer")
+            fraction = np.mod(numbers, 1, where=finite, out=np.zeros(n))
+            flag(finite & (fraction != 0), lambda v: f"{_show(v)} is not an integer")
         with np.errstate(invalid="ignore"):
             outside = np.zeros(n, dtype=bool)
             if col.lo is not None:
@@ -187,16 +190,16 @@ def convert_column(raw: pd.Series, col: Column) -> tuple[pd.Series, pd.Series]:
             if col.hi is not None:
                 outside |= numbers > col.hi
         span = f"{_num(col.lo) if col.lo is not None else ''}..{_num(col.hi) if col.hi is not None else ''}"
-        flag(outside, lambda v: f"{v!r} is outside the range {span}")
+        flag(outside, lambda v: f"{_show(v)} is outside the range {span}")
         if col.choices is not None:
-            flag(present & ~np.isin(numbers, col.choices), lambda v: f"{v!r} is not one of {_choices(col)}")
+            flag(present & ~np.isin(numbers, col.choices), lambda v: f"{_show(v)} is not one of {_choices(col)}")
         values = pd.Series(np.where(is_bad, np.nan, numbers))
     elif col.kind == "date":
         values = pd.to_datetime(stripped.where(~missing), format=col.date_format, errors="coerce")
-        flag(values.isna().to_numpy() & ~missing, lambda v: f"{v!r} is not a date like {col.date_format}")
+        flag(values.isna().to_numpy() & ~missing, lambda v: f"{_show(v)} is not a date like {col.date_format}")
     elif col.kind == "list":
         values = raw.map(_as_list)
-        flag(values.isna().to_numpy() & ~missing, lambda v: f"{v!r} is not a list of strings")
+        flag(values.isna().to_numpy() & ~missing, lambda v: f"{_show(v)} is not a list or a text")
     else:
         if raw.dtype == object:
             values = raw.map(lambda v: "" if _is_missing(v) else v if isinstance(v, str) else str(v))
@@ -205,9 +208,15 @@ def convert_column(raw: pd.Series, col: Column) -> tuple[pd.Series, pd.Series]:
         else:
             values = raw.map(lambda v: "" if _is_missing(v) else str(v)).astype(object)
         if col.choices is not None:
-            flag(~values.isin(col.choices).to_numpy() & ~missing, lambda v: f"{v!r} is not one of {_choices(col)}")
+            unknown = ~values.isin(col.choices).to_numpy() & ~missing
+            flag(unknown, lambda v: f"{_show(v)} is not one of {_choices(col)}")
     rows = np.flatnonzero(is_bad)
     return values, pd.Series(bad[rows], index=rows, dtype=object)
+
+
+def _show(value) -> str:
+    """A value as the user wrote it: 'abc' quoted, numbers plain (not np.float64(6.0))."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
 
 
 def _is_missing(value) -> bool:
@@ -216,9 +225,9 @@ def _is_missing(value) -> bool:
 
 def _final_dtype(values: pd.Series, col: Column) -> pd.Series:
     if col.kind == "int":
-        # Required ints are plain int64; optional ones keep NA as pandas' nullable Int64.
+        # Required ints are plain int64 (bad rows are gone by now); optional ones are pandas' nullable Int64.
         ints = values.astype("Int64")
-        return ints.astype(np.int64) if not ints.isna().any() else ints
+        return ints.astype(np.int64) if col.required else ints
     if col.kind == "float":
         return values.astype(np.float64)
     if col.kind == "list":
@@ -231,8 +240,8 @@ def _as_list(value):
         return []
     if isinstance(value, str):
         return [value] if value.strip() else []
-    if isinstance(value, (list, tuple, np.ndarray)) and all(isinstance(v, str) for v in value):
-        return [v for v in value if v.strip()]
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [str(v).strip() for v in value if not _is_missing(v) and str(v).strip()]
     return None
 
 
@@ -249,10 +258,10 @@ def validate_frame(frame: pd.DataFrame, columns: Sequence[Column], where) -> tup
 
     Returns the good rows, converted to their final dtypes, and one ``Problem`` per bad row, in row order.
     """
-    converted, first_bad = {}, {}
+    converted, first_bad = [], {}
     for index, col in enumerate(columns):
         values, messages = convert_column(frame[col.key], col)
-        converted[col] = values
+        converted.append((col, values))
         for row, message in messages.items():
             first_bad.setdefault(row, (index, message))
     problems = []
@@ -261,7 +270,7 @@ def validate_frame(frame: pd.DataFrame, columns: Sequence[Column], where) -> tup
         text, line = where(row, index)
         problems.append(Problem(text, message, line))
     keep = ~np.isin(np.arange(len(frame)), list(first_bad))
-    out = {col.name: _final_dtype(values[keep].reset_index(drop=True), col) for col, values in converted.items()}
+    out = {col.name: _final_dtype(values[keep].reset_index(drop=True), col) for col, values in converted}
     return pd.DataFrame(out, index=pd.RangeIndex(int(keep.sum()))), problems
 
 
@@ -272,7 +281,7 @@ def _finish(source: str, frame: pd.DataFrame, problems: list[Problem], lenient: 
         more = f" ({len(problems) - 1} more bad row(s); lenient=True drops them)" if len(problems) > 1 else ""
         raise DataError(f"{first}{more}")
     if frame.empty:
-        raise DataError(f"{source}: no valid data rows")
+        raise DataError(f"{source}: no {'valid ' if problems else ''}data rows")
     return ParsedTable(source, frame, sorted(problems, key=lambda p: p.line))
 
 
@@ -383,7 +392,8 @@ def _slow_delimited(source, text, columns, sep, header_names, quoted, lenient, p
             continue
         rows.append([fields[p] for p in positions])
         lines.append(number)
-    frame = pd.DataFrame(rows, columns=keys, dtype=object) if rows else pd.DataFrame({k: [] for k in keys}, dtype=object)
+    # A string dtype (not object) keeps convert_column on its vectorised path.
+    frame = pd.DataFrame(rows or None, columns=keys, dtype="str")
 
     def where(row: int, index: int) -> tuple[str, int]:
         name = header_names[positions[index]] if header_names is not None else keys[index]
@@ -412,7 +422,8 @@ def read_jsonl(
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            problems.append(Problem(f"{source} line {number}", f"not valid JSON ({err.msg} at character {err.pos + 1})", number))
+            message = f"not valid JSON ({err.msg} at character {err.pos + 1})"
+            problems.append(Problem(f"{source} line {number}", message, number))
             continue
         if not isinstance(record, dict):
             problems.append(Problem(f"{source} line {number}", "not a JSON object", number))
@@ -476,8 +487,12 @@ def check_unique(table: ParsedTable, column: str, lenient: bool) -> ParsedTable:
     first = table.frame.loc[duplicated, column].iloc[0]
     count = int((table.frame[column] == first).sum())
     if not lenient:
-        raise DataError(f"{table.source}: {column} {first!r} appears {count} times ({int(duplicated.sum())} duplicate row(s))")
-    dropped = [Problem(table.source, f"duplicate {column} {v!r} (first row kept)", 0) for v in table.frame.loc[duplicated, column]]
+        extra = int(duplicated.sum())
+        raise DataError(f"{table.source}: {column} {_show(first)} appears {count} times ({extra} duplicate row(s))")
+    dropped = [
+        Problem(table.source, f"duplicate {column} {_show(v)} (first row kept)", 0)
+        for v in table.frame.loc[duplicated, column]
+    ]
     return ParsedTable(table.source, table.frame.loc[~duplicated].reset_index(drop=True), table.dropped + dropped)
 
 

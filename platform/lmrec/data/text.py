@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Union
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,9 @@ from lmrec.data.schema import Dataset
 
 MOVIELENS_ITEM_TEMPLATE = "{title}[ ({year})].[ Genres: {genres}.][ Tags: {tags}.]"
 AMAZON_ITEM_TEMPLATE = "[{title}. ]{description}[ Categories: {categories}.][ Publisher: {brand}.]"
-MOVIELENS_USER_TEMPLATE = "User aged {age}, gender {gender}, occupation {occupation}.[ Recently rated: {recent_titles}.]"
+MOVIELENS_USER_TEMPLATE = (
+    "User aged {age}, gender {gender}, occupation {occupation}.[ Recently rated: {recent_titles}.]"
+)
 MOVIELENS_HISTORY_USER_TEMPLATE = "A moviegoer.[ Recently rated: {recent_titles}.]"
 AMAZON_USER_TEMPLATE = "A magazine reader.[ Recently reviewed: {recent_titles}.][ Interests: {recent_categories}.]"
 
@@ -47,6 +49,9 @@ _USER_TEMPLATES = {
 }
 RECENT_PREFIX = "recent_"
 _FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SPACES = re.compile(r"[ \t]{2,}")
+# A template's "." right after a value that already ends a sentence: "Inc..", "Really?.", "Wait....".
+_DOUBLE_STOP = re.compile(r"(\.\.\.|[!?]|(?<!\.)\.)\.(?=\s|$)")
 
 
 class TemplateError(ValueError):
@@ -161,8 +166,14 @@ def _render(parts: tuple, columns: dict[str, list[str]], n: int) -> list[str]:
                 fields = [columns[p.name][row] for p in part.parts if isinstance(p, _Field)]
                 if all(fields):
                     out.extend(values)
-        texts.append(re.sub(r"[ \t]{2,}", " ", "".join(out)).strip())
+        texts.append(_tidy("".join(out)))
     return texts
+
+
+def _tidy(text: str) -> str:
+    """Collapse the doubled spaces and stops that empty fields or values ending in "." leave ("Inc.." -> "Inc.")."""
+    text = _DOUBLE_STOP.sub(r"\1", text)
+    return _SPACES.sub(" ", text).strip()
 
 
 class ItemTextTemplate(BaseModel):
@@ -214,11 +225,11 @@ def default_user_template(name: str) -> str:
     return _USER_TEMPLATES[name]
 
 
-def _template_text(template: Union[str, ItemTextTemplate, UserTextTemplate]) -> str:
+def _template_text(template: str | ItemTextTemplate | UserTextTemplate) -> str:
     return template.template if isinstance(template, (ItemTextTemplate, UserTextTemplate)) else template
 
 
-def render_item_texts(items: pd.DataFrame, template: Union[str, ItemTextTemplate]) -> list[str]:
+def render_item_texts(items: pd.DataFrame, template: str | ItemTextTemplate) -> list[str]:
     """One text per item, aligned with ``item_idx`` (row i is item_idx i) when the table has that column."""
     text = _template_text(template)
     parts = parse_template(text)
@@ -242,7 +253,7 @@ def _recent_field_names(items: pd.DataFrame) -> dict[str, str]:
 def render_user_texts(
     dataset: Dataset,
     history: pd.DataFrame,
-    template: Union[str, UserTextTemplate],
+    template: str | UserTextTemplate,
     *,
     n_recent: int | None = None,
 ) -> list[str]:

@@ -103,9 +103,10 @@ def evaluate_model(
     ``split`` is a ``lmrec.data.splits.Split`` or anything with ``train``, ``test`` and optional ``valid``,
     ``support`` and ``cold_items`` attributes. ``part`` is "test" or "valid". Excluded items are the user's
     train rows; when scoring "test", the valid and support rows are excluded too (they are known
-    interactions, so ranking them as misses would punish a correct model). Set ``rating_metrics=False`` for
-    models whose ``predict`` is not a rating (implicit-feedback models). On a cold-start-item split
-    (``cold_items`` set) only the held-out items are ranked unless ``candidates`` is given or
+    interactions, so ranking them as misses would punish a correct model; ``Split.support`` rows already sit
+    in train, excluding them again changes nothing). Set ``rating_metrics=False`` for models whose
+    ``predict`` is not a rating (implicit-feedback models). On a cold-start-item split (``cold_items`` set)
+    only the held-out items that occur in ``part`` are ranked, unless ``candidates`` is given or
     ``rank_cold_items_only`` is False.
     """
     if part not in ("test", "valid"):
@@ -115,7 +116,8 @@ def evaluate_model(
         raise ValueError(f"the split has no {part} rows to evaluate")
     cold_items = getattr(split, "cold_items", None)
     if candidates is None and rank_cold_items_only and cold_items is not None:
-        candidates = cold_items
+        # Same as Split.cold_items_in(part): held-out items of the *other* part are not candidates here.
+        candidates = np.intersect1d(np.asarray(cold_items), target["item_idx"].to_numpy())
     extra = [getattr(split, "support", None)]
     if part == "test":
         extra.append(getattr(split, "valid", None))

@@ -150,7 +150,7 @@ def _refill_kth_group(
     n_ranked = n - excluded.sum(dim=1, keepdim=True)
     n_slots = n_ranked.clamp(max=k) - n_above
     tied = (masked == kth) & ~excluded
-    order_key = (~relevant).long() * n + torch.arange(n)
+    order_key = relevant.long() * n + torch.arange(n)
     key = torch.where(tied, -order_key, torch.full_like(order_key, -2 * n - 1))
     tied_items = torch.topk(key, k, dim=1).indices
     slot = torch.arange(k) - n_above

@@ -30,6 +30,7 @@ class StepContext:
     rating: torch.Tensor  # [B]
     text: torch.Tensor  # [n_items, hidden]: cached rows + the rows encoded with gradient this step
     item_vec: torch.Tensor  # [n_items, dim]
+    item_text_vec: torch.Tensor  # [n_items, dim]: text part of item_vec
     item_bias: torch.Tensor  # [n_items]
     user_vec: torch.Tensor  # [B, dim]: each row's user, with that row's item left out of the history pool
     generator: torch.Generator | None = None
@@ -55,7 +56,7 @@ class RatingTask:
 
     def loss(self, model: TwoTowerModel, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
         pred = model.rating(ctx.user_vec, ctx.user_idx, ctx.item_vec[ctx.item_idx], ctx.item_bias[ctx.item_idx])
-        mse = F.mse_loss(pred, ctx.rating)
+        mse = F.mse_loss(pred.float(), ctx.rating)
         reg = model.user_bias(ctx.user_idx).pow(2).sum(-1) + model.item_bias(ctx.item_idx).pow(2).sum(-1)
         if model.item_tower.id_embedding is not None:
             reg = reg + model.item_tower.id_embedding(ctx.item_idx).pow(2).sum(-1)
@@ -93,9 +94,9 @@ class ClickTask:
         keep = None
         if self.id_dropout > 0:
             keep = (_rand(model.n_items, ctx) >= self.id_dropout).float()
-        cand = model.interest(model.item_vectors(ctx.text, keep) if keep is not None else ctx.item_vec)
+        cand = model.interest(model.item_tower.combine(ctx.item_text_vec, keep) if keep is not None else ctx.item_vec)
         user = model.interest(ctx.user_vec[pos])
-        logits = user @ cand.T / self.temperature
+        logits = (user @ cand.T).float() / self.temperature
         # never-seen items are no negatives: the model would learn "texts like these are never consumed"
         logits = logits.masked_fill(~model.item_tower.seen[None, :], float("-inf"))
         target = ctx.item_idx[pos]
@@ -149,7 +150,7 @@ class RelatedTask:
         partner = hist.gather(1, keys.argmin(1, keepdim=True))[:, 0]
         anchor, partner = ctx.item_idx[has], partner[has]
         table = ctx.item_interest(model)
-        logits = table[anchor] @ table.T / self.temperature
+        logits = (table[anchor] @ table.T).float() / self.temperature
         mask = ~model.item_tower.seen[None, :] | F.one_hot(anchor, model.n_items).bool()
         logits = logits.masked_fill(mask, float("-inf"))
         return F.cross_entropy(logits, partner), {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 UserTowerKind = Literal["mean", "attention"]
@@ -29,7 +30,11 @@ class ItemTower(nn.Module):
 
     def forward(self, text_hidden: torch.Tensor, id_keep: torch.Tensor | None = None) -> torch.Tensor:
         """Vectors of all items. ``text_hidden`` is [n_items, hidden]; ``id_keep`` an optional extra 0/1 gate."""
-        vec = self.text_proj(text_hidden)
+        return self.combine(self.text_proj(text_hidden.to(self.text_proj.weight.dtype)), id_keep)
+
+    def combine(self, text_vec: torch.Tensor, id_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Add the gated ID part to already projected text vectors (lets a step project the text only once)."""
+        vec = text_vec
         if self.id_embedding is not None:
             gate = self.seen.to(vec.dtype)
             if id_keep is not None:
@@ -94,9 +99,16 @@ class UserTower(nn.Module):
         ``exclude_item`` ([B] items) returns one vector per row with that row's item left out of the pool.
         """
         mask = history >= 0
-        hist_vec = item_vectors[history.clamp_min(0)]
-        weights = self.pool_weights(hist_vec, mask, user_idx)
-        num = torch.einsum("ul,uld->ud", weights, hist_vec)
+        if self.kind == "mean":
+            # embedding_bag over the non-padding slots: no [U, L, dim] tensor, cheap sparse backward
+            rows, cols = mask.nonzero(as_tuple=True)
+            offsets = torch.cumsum(mask.sum(1), 0) - mask.sum(1)
+            num = F.embedding_bag(history[rows, cols], item_vectors, offsets, mode="sum")
+            weights = mask.to(item_vectors.dtype)
+        else:
+            hist_vec = item_vectors[history.clamp_min(0)]
+            weights = self.pool_weights(hist_vec, mask, user_idx)
+            num = torch.einsum("ul,uld->ud", weights, hist_vec)
         den = weights.sum(1)
         extra = torch.zeros_like(num)
         if self.id_embedding is not None:

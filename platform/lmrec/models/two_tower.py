@@ -88,13 +88,18 @@ class TwoTowerModel(nn.Module):
 
     def text_table(self, fresh_idx: torch.Tensor | None = None, fresh: torch.Tensor | None = None) -> torch.Tensor:
         """All items' pooled text: cached rows (no gradient) with ``fresh_idx`` rows replaced by ``fresh``."""
-        table = self.item_text.detach()
+        dtype = self.text_bias.weight.dtype  # bf16 under DeepSpeed bf16, float32 otherwise
+        table = self.item_text.detach().to(dtype)
         if fresh_idx is None:
             return table
-        return table.index_put((fresh_idx,), fresh.to(table.dtype))
+        return table.index_put((fresh_idx,), fresh.to(dtype))
 
     def item_vectors(self, text_table: torch.Tensor, id_keep: torch.Tensor | None = None) -> torch.Tensor:
         return self.item_tower(text_table, id_keep)
+
+    def item_text_vectors(self, text_table: torch.Tensor) -> torch.Tensor:
+        """Text part of the item vectors only (what an unseen item gets)."""
+        return self.item_tower.text_proj(text_table)
 
     def item_biases(self, text_table: torch.Tensor) -> torch.Tensor:
         gate = self.item_tower.seen.to(text_table.dtype)

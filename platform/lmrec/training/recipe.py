@@ -73,11 +73,12 @@ class TwoTowerTrain(nn.Module):
             if len(encode_idx):
                 fresh = model.encode_items(self.item_tokens[encode_idx], self.item_lengths[encode_idx])
             text = model.text_table(encode_idx if fresh is not None else None, fresh)
-            item_vec = model.item_vectors(text)
+            text_vec = model.item_text_vectors(text)
+            item_vec = model.item_tower.combine(text_vec)
             item_bias = model.item_biases(text)
             users, row_user = torch.unique(user_idx, return_inverse=True)
             user_vec = model.user_vectors(users, item_vec, row_user, exclude_item=item_idx)
-            ctx = StepContext(user_idx, item_idx, rating, text, item_vec, item_bias, user_vec, generator)
+            ctx = StepContext(user_idx, item_idx, rating, text, item_vec, text_vec, item_bias, user_vec, generator)
             loss, logs = self.objective(model, ctx)
         return loss, logs, None if fresh is None else fresh.detach()
 

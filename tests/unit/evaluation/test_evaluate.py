@@ -142,10 +142,12 @@ def test_evaluate_model_flat_dict_excludes_valid_and_ranks_cold_items():
     on_valid = evaluate_model(model, split, 5, (1,), part="valid", rating_metrics=False)
     assert on_valid["users"] == 1 and on_valid["hr@1"] == 1.0  # item 3 ranks first once 4 is excluded
 
-    cold = SimpleSplit(train=TRAIN, test=TEST, cold_items=np.array([2, 3]))
+    test_rows = TEST.iloc[:4]  # item 4 now occurs only in valid
+    cold = SimpleSplit(train=TRAIN, test=test_rows, cold_items=np.array([2, 3, 4]), valid=frame([(0, 4, 5)]))
     ranked_cold = evaluate_model(model, cold, 5, (1,), rating_metrics=False)
-    # only items {2, 3} are ranked: user 0 -> 3 relevant (rank 2), user 1 -> none (skipped), user 2 -> 2 vs 3 tie.
-    assert ranked_cold["users"] == 2 and ranked_cold["coverage@1"] == 1.0
+    # cold item 4 only occurs in valid, so only {2, 3} are ranked on test:
+    # user 0 -> 3 relevant (rank 2), user 1 -> none (skipped), user 2 -> 2 vs 3 tie (3 first).
+    assert ranked_cold["users"] == 2 and ranked_cold["hr@1"] == 0.0 and ranked_cold["coverage@1"] == 1.0
     everything = evaluate_model(model, cold, 5, (1,), rating_metrics=False, rank_cold_items_only=False)
     assert everything["users"] == 3
 
@@ -169,12 +171,11 @@ def test_format_metrics_table_aligns_columns():
     text = format_metrics_table(rows)
     lines = text.splitlines()
     assert lines[0].split() == ["model", "rmse", "ndcg@10", "users", "extra"]
-    assert "1.0235" in lines[2] and "-" in lines[3].split()
-    # every number column ends at the same character position on each line
-    for col in ("rmse", "ndcg@10", "users"):
-        end = lines[0].index(col) + len(col)
-        assert all(len(line) >= end and line[end - 1] != " " for line in (lines[2],))
-    assert lines[3].index("0.2500") + len("0.2500") == lines[0].index("ndcg@10") + len("ndcg@10")
+    assert "1.0235" in lines[2] and lines[3].split()[-1] == "-"
+    # numbers are right-aligned under their header; the model name is left-aligned
+    for col, row, value in (("rmse", 2, "1.0235"), ("ndcg@10", 3, "0.2500"), ("users", 3, "943")):
+        assert lines[row].index(value) + len(value) == lines[0].index(col) + len(col)
+    assert lines[3].startswith("mf ")
     print("\n" + text)
     assert format_metrics_table([]) == ""
 

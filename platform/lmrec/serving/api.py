@@ -1,0 +1,209 @@
+"""HTTP API of the recommendation service: request/response schemas and the FastAPI app (OpenAPI at /docs).
+
+Every bad input is a 4xx with a message that names the problem: schema violations are FastAPI's 422, unknown
+ids 404, duplicates 409, bodies over the size limit 413. The same ``build_api`` serves the Ray Serve ingress
+and the bare single-process app of the benchmark.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+MAX_K = 1000
+MAX_IDS = 1000
+MAX_RATINGS = 500
+MAX_TEXT_CHARS = 2000
+
+# Raw ids are the dataset's own: ints for MovieLens, strings for Amazon. JSON 5 and "5" name the same item.
+RawId = Union[int, Annotated[str, StringConstraints(min_length=1, max_length=200)]]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT_CHARS)]
+
+
+class ServingError(Exception):
+    """An error with its HTTP status (4xx for the client's mistakes, 503 when the service cannot answer yet)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecommendRequest(_Request):
+    user_id: RawId = Field(description="The user's raw id in the dataset.")
+    k: int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
+    exclude_seen: bool = Field(True, description="Leave out items the user interacted with in training.")
+    candidate_item_ids: list[RawId] | None = Field(
+        None, min_length=1, max_length=MAX_IDS, description="Rank only these items (raw ids).")
+    explain: bool = Field(False, description="Add the user's liked items that most support each recommendation.")
+
+
+class PredictRequest(_Request):
+    user_id: RawId = Field(description="The user's raw id.")
+    item_ids: list[RawId] = Field(min_length=1, max_length=MAX_IDS, description="Items to rate (raw ids).")
+
+
+class SimilarItemsRequest(_Request):
+    item_id: RawId | None = Field(None, description="Find items like this one ...")
+    text: Text | None = Field(None, description="... or like this free text (exactly one of the two).")
+    k: int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
+
+    @model_validator(mode="after")
+    def _one_query(self) -> "SimilarItemsRequest":
+        if (self.item_id is None) == (self.text is None):
+            raise ValueError("give exactly one of item_id or text")
+        return self
+
+
+class RatingIn(_Request):
+    item_id: RawId = Field(description="A rated item (raw id).")
+    rating: float = Field(ge=0, le=10, description="The rating, on the dataset's scale.")
+
+
+class ColdStartRequest(_Request):
+    ratings: list[RatingIn] = Field(default_factory=list, max_length=MAX_RATINGS,
+                                    description="The new user's ratings so far (may be empty with a profile text).")
+    profile_text: Text | None = Field(None, description="Free text about the user's tastes.")
+    k: int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
+
+    @model_validator(mode="after")
+    def _has_signal(self) -> "ColdStartRequest":
+        if not self.ratings and self.profile_text is None:
+            raise ValueError("give at least one rating or a profile_text")
+        ids = [str(r.item_id) for r in self.ratings]
+        if len(set(ids)) != len(ids):
+            raise ValueError("an item is rated twice")
+        return self
+
+
+class AddItemRequest(_Request):
+    item_id: RawId = Field(description="The new item's raw id (must not exist yet).")
+    text: Text = Field(description="The item's text (title, genres, description): its only signal.")
+
+
+class Reason(BaseModel):
+    item_id: RawId
+    text: str | None = None
+    rating: float | None = None
+    similarity: float
+
+
+class ScoredItem(BaseModel):
+    item_id: RawId
+    score: float
+    text: str | None = None
+    member_scores: dict[str, float | None] = Field(default_factory=dict)
+    because_you_liked: list[Reason] | None = None
+
+
+class RecommendResponse(BaseModel):
+    user_id: RawId | None = None
+    items: list[ScoredItem]
+    versions: dict[str, str] = Field(description="sha256 (first 12 hex) of each member's artifact that answered.")
+
+
+class Prediction(BaseModel):
+    item_id: RawId
+    rating: float
+    member_ratings: dict[str, float | None]
+
+
+class PredictResponse(BaseModel):
+    user_id: RawId
+    predictions: list[Prediction]
+    versions: dict[str, str]
+
+
+class AddItemResponse(BaseModel):
+    item_id: RawId
+    catalog_version: int
+    recommendable: bool = True
+
+
+class _BodyLimit:
+    """ASGI middleware: refuse bodies over ``max_bytes`` with 413 before any JSON parsing (also when chunked)."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._reject(send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._reject(send)
+
+    async def _reject(self, send):
+        body = b'{"detail":"request body larger than %d bytes"}' % self.max_bytes
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def build_api(router, max_body_bytes: int = 65536, title: str = "lmrec recommendation service") -> FastAPI:
+    """The FastAPI app over an ``EnsembleRouter`` (``lmrec.serving.ensemble``)."""
+    app = FastAPI(title=title, description=__doc__)
+
+    async def run(coro):
+        try:
+            return await coro
+        except ServingError as e:
+            raise HTTPException(e.status, e.detail) from None
+
+    @app.post("/recommend", response_model=RecommendResponse, summary="Top-k items for a known user")
+    async def recommend(req: RecommendRequest):
+        return await run(router.recommend(req))
+
+    @app.post("/predict", response_model=PredictResponse, summary="Predicted ratings of a user for given items")
+    async def predict(req: PredictRequest):
+        return await run(router.predict(req))
+
+    @app.post("/similar-items", response_model=RecommendResponse, summary="Items like an item or a text")
+    async def similar_items(req: SimilarItemsRequest):
+        return await run(router.similar_items(req))
+
+    @app.post("/cold-start/recommend", response_model=RecommendResponse, summary="Top-k items for an unseen user")
+    async def cold_start(req: ColdStartRequest):
+        return await run(router.cold_start(req))
+
+    @app.post("/items", response_model=AddItemResponse, status_code=201, summary="Add an item from its text")
+    async def add_item(req: AddItemRequest):
+        return await run(router.add_item(req))
+
+    @app.get("/health", summary="Liveness: every member answers")
+    async def health():
+        return await run(router.health())
+
+    @app.get("/version", summary="Artifact name, version and sha256 of every member")
+    async def version():
+        return await run(router.version())
+
+    @app.get("/stats", summary="Encoder batching statistics and catalog size")
+    async def stats():
+        return await run(router.stats())
+
+    app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)
+    return app

@@ -1,0 +1,140 @@
+"""Application builder: typed arguments -> the Serve deployment graph (``import_path: lmrec.serving.app:build_app``).
+
+Graph::
+
+    EnsembleIngress (FastAPI) --> TwoTowerScorer   (two-tower artifact: precomputed item index)
+                              --> MFScorer         (MF artifact; optional)
+                              --> TextEncoderService (@serve.batch; same two-tower artifact)
+                              --> ItemCatalog      (1 replica: items added at run time)
+
+The artifact paths become each member's ``user_config`` (``{"artifact_dir": ...}``). Hot swap: point those
+``user_config`` entries of the Serve config at the new artifact and deploy it again; Serve calls ``reconfigure``
+on the running replicas (no restart). Changing ``args`` instead restarts every replica (also without failed
+requests, but slower). ``build_bare_app`` builds the same routes over in-process members, for the benchmark.
+"""
+
+# No "from __future__ import annotations": Serve reads build_app's annotation with inspect.signature to validate
+# the args block into ServeAppArgs, which needs the class object, not a string.
+import inspect
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from lmrec.config.base import StrictModel
+
+
+class EnsembleWeights(StrictModel):
+    two_tower: float = Field(0.7, ge=0, description="Weight of the two-tower's z-scored scores.")
+    mf: float = Field(0.3, ge=0, description="Weight of the MF member's z-scored scores (ignored without MF).")
+
+
+class ServeAppArgs(StrictModel):
+    """Arguments of ``build_app`` (the ``args:`` block of a Serve config file)."""
+
+    two_tower_artifact: str = Field(description="Folder of a two-tower artifact (lmrec.models.artifact).")
+    mf_artifact: str | None = Field(None, description="Folder of an MF artifact (lmrec.serving.mf_artifact).")
+    weights: EnsembleWeights = Field(default_factory=EnsembleWeights, description="Fusion weights per member.")
+    max_body_bytes: int = Field(65536, ge=1024, le=16 * 2**20, description="Larger request bodies get 413.")
+    liked_threshold: float = Field(4.0, description="Ratings at or above this count as liked (explanations).")
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> "ServeAppArgs":
+        if self.weights.two_tower == 0 and (self.mf_artifact is None or self.weights.mf == 0):
+            raise ValueError("every member weight is 0")
+        return self
+
+
+def check_artifacts(args: ServeAppArgs) -> None:
+    """Fail at build time, with the path, when an artifact folder is missing (hashes are checked at load)."""
+    for path in (args.two_tower_artifact, args.mf_artifact):
+        if path is not None and not (Path(path) / "manifest.json").is_file():
+            raise FileNotFoundError(f"{Path(path).resolve()}: no manifest.json (not an artifact folder)")
+
+
+def build_app(args: ServeAppArgs):
+    """The Serve application for ``args`` (Serve validates a dict ``args:`` block into ``ServeAppArgs``)."""
+    from lmrec.serving.encoder_service import TextEncoderService
+    from lmrec.serving.ensemble import EnsembleIngress
+    from lmrec.serving.scorers import ItemCatalog, MFScorer, TwoTowerScorer
+
+    args = ServeAppArgs.model_validate(args) if not isinstance(args, ServeAppArgs) else args
+    check_artifacts(args)
+    tt_config = {"artifact_dir": str(Path(args.two_tower_artifact).resolve())}
+    two_tower = TwoTowerScorer.options(user_config=tt_config).bind()
+    encoder = TextEncoderService.options(user_config=tt_config).bind()
+    mf = None
+    if args.mf_artifact is not None:
+        mf = MFScorer.options(user_config={"artifact_dir": str(Path(args.mf_artifact).resolve())}).bind()
+    return EnsembleIngress.bind(two_tower, mf, encoder, ItemCatalog.bind(), args.weights.model_dump(),
+                                args.max_body_bytes, args.liked_threshold)
+
+
+class LocalHandle:
+    """In-process stand-in for a ``DeploymentHandle``: ``await h.method.remote(*args)`` calls ``obj.method``."""
+
+    def __init__(self, obj) -> None:
+        self._obj = obj
+
+    def __getattr__(self, name: str):
+        fn = getattr(self._obj, name)
+
+        class _Method:
+            @staticmethod
+            async def remote(*a, **k):
+                out = fn(*a, **k)
+                return await out if inspect.isawaitable(out) else out
+
+        return _Method
+
+
+class _LocalMember:
+    """The member-deployment surface (``call``, ``info``, ``item_ids``, ``item_texts``) over a plain member."""
+
+    def __init__(self, member) -> None:
+        self.member = member
+
+    def call(self, method: str, *args, **kwargs):
+        from lmrec.serving.members import call_member
+
+        return call_member(self.member, method, *args, **kwargs)
+
+    def info(self) -> dict:
+        return self.member.info
+
+    def item_ids(self):
+        return self.member.sha256, self.member.item_ids
+
+    def item_texts(self):
+        return self.member.sha256, self.member.art.item_texts
+
+
+class _LocalEncoder:
+    """The encoder-service surface without micro-batching: one forward pass per text."""
+
+    def __init__(self, core) -> None:
+        self.core = core
+
+    def encode(self, text: str):
+        return self.core.sha256, self.core.encode([text])[0]
+
+    def stats(self) -> dict:
+        return {"sha256": self.core.sha256, "batches": None}
+
+
+def build_bare_app(args: ServeAppArgs):
+    """The same FastAPI routes and computation in one process (no Ray): the benchmark's overhead baseline."""
+    from lmrec.serving.api import build_api
+    from lmrec.serving.encoder_service import TextEncoderCore
+    from lmrec.serving.ensemble import EnsembleRouter
+    from lmrec.serving.members import MFMember, TwoTowerMember
+    from lmrec.serving.scorers import ItemCatalogCore
+
+    args = ServeAppArgs.model_validate(args) if not isinstance(args, ServeAppArgs) else args
+    check_artifacts(args)
+    mf = LocalHandle(_LocalMember(MFMember(args.mf_artifact))) if args.mf_artifact else None
+    router = EnsembleRouter(
+        LocalHandle(_LocalMember(TwoTowerMember(args.two_tower_artifact))), mf,
+        LocalHandle(_LocalEncoder(TextEncoderCore(args.two_tower_artifact))), LocalHandle(ItemCatalogCore()),
+        args.weights.model_dump(), liked_threshold=args.liked_threshold,
+    )
+    return build_api(router, args.max_body_bytes, title="lmrec recommendation service (bare, single process)")

@@ -1,0 +1,246 @@
+"""Ensemble members as plain Python objects (no Ray): the Serve deployments in ``scorers.py`` wrap them, and the
+bare single-process app of the benchmark calls them directly, so both run the identical computation.
+
+Every member answers in its *own* index space and tags each answer with its artifact's sha256; the ingress
+translates raw ids and aligns members by raw item id. Items added at run time ("new items") travel with each call
+as encoder outputs (``extra_hidden`` [n_new, hidden]) and are appended after the artifact's items: the member
+projects them through the text half of its item tower (the ID embedding is gated off, as for any unseen item).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmrec.models.artifact import sha256_file
+
+
+class VersionSkew(RuntimeError):
+    """Encoder outputs came from another artifact than the member's (a hot swap is half done): retry shortly."""
+
+
+SKEW = "version_skew"
+
+
+def call_member(member, method: str, *args, **kwargs):
+    """Run one member method; a ``VersionSkew`` comes back as ``{"version_skew": message}`` rather than as an
+    exception, so callers across a Serve handle and in-process see the same plain value."""
+    try:
+        return getattr(member, method)(*args, **kwargs)
+    except VersionSkew as e:
+        return {SKEW: str(e)}
+
+
+class IdMap:
+    """Raw id <-> contiguous index. Accepts ints and their string spelling alike (JSON clients send either)."""
+
+    def __init__(self, ids: list) -> None:
+        self.ids = list(ids)
+        self._index = {self._key(v): i for i, v in enumerate(self.ids)}
+
+    @staticmethod
+    def _key(raw) -> str:
+        return str(raw)
+
+    def index(self, raw) -> int | None:
+        return self._index.get(self._key(raw))
+
+    def __contains__(self, raw) -> bool:
+        return self._key(raw) in self._index
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _info(kind: str, root: Path, manifest: dict, name: str, sha: str) -> dict:
+    return {
+        "kind": kind,
+        "name": name,
+        "version": root.name,
+        "sha256": sha,
+        "created_unix": manifest.get("created_unix"),
+        "dataset_fingerprint": manifest.get("dataset_fingerprint"),
+    }
+
+
+class TwoTowerMember:
+    """The encoder two-tower, served from its precomputed tables (no encoder pass per request)."""
+
+    def __init__(self, artifact_dir: str | Path) -> None:
+        from lmrec.models.artifact import load_artifact
+
+        root = Path(artifact_dir)
+        art = load_artifact(root)
+        self.model = art.model
+        t = art.embeddings
+        self.item_vec = t["item_vectors"].numpy()
+        self.item_bias = t["item_bias"].numpy()
+        self.item_interest = t["item_interest"].numpy()
+        self.user_vec = t["user_vectors"].numpy()
+        self.user_interest = t["user_interest"].numpy()
+        self.user_bias = self.model.user_bias.weight[:, 0].detach().numpy()
+        self.global_mean = float(self.model.global_mean)
+        self.history = self.model.history.numpy()
+        self.interest_head = self.model.ranking_head == "interest"
+        self.users = IdMap(art.user_ids)
+        self.item_ids = list(art.item_ids)
+        self.sha256 = sha256_file(root / "manifest.json")
+        self.info = _info("two_tower", root, art.manifest, art.manifest["config"].get("name", "two-tower"),
+                          self.sha256) | {"n_users": len(self.users), "n_items": len(self.item_ids),
+                                          "hidden": self.model.encoder.hidden_size}
+
+    # ---- new items (text tower only) ----
+    @torch.no_grad()
+    def project(self, hidden: np.ndarray) -> dict[str, np.ndarray]:
+        """Text-only item vectors, biases and interest vectors of encoder outputs [n, hidden]."""
+        h = torch.as_tensor(np.asarray(hidden, dtype=np.float32)).reshape(-1, self.info["hidden"])
+        vec = self.model.item_tower.text_proj(h)
+        return {"vec": vec.numpy(), "bias": self.model.text_bias(h)[:, 0].numpy(),
+                "interest": self.model.interest(vec).numpy()}
+
+    def _tables(self, extra_hidden: np.ndarray | None, encoder_sha: str | None) -> tuple[np.ndarray, ...]:
+        """(item vectors, biases, interest vectors) of artifact items followed by the new items."""
+        if extra_hidden is None or len(extra_hidden) == 0:
+            return self.item_vec, self.item_bias, self.item_interest
+        self.check_encoder(encoder_sha)
+        p = self.project(extra_hidden)
+        return (np.concatenate([self.item_vec, p["vec"]]), np.concatenate([self.item_bias, p["bias"]]),
+                np.concatenate([self.item_interest, p["interest"]]))
+
+    def check_encoder(self, encoder_sha: str | None) -> None:
+        if encoder_sha != self.sha256:
+            raise VersionSkew(f"encoder outputs from artifact {str(encoder_sha)[:12]}, member is {self.sha256[:12]}")
+
+    def _rank(self, vec, interest, tables) -> np.ndarray:
+        item_vec, item_bias, item_interest = tables
+        return item_interest @ interest if self.interest_head else item_vec @ vec + item_bias
+
+    # ---- requests ----
+    def user_scores(self, user_id, extra_hidden=None, encoder_sha=None) -> dict | None:
+        """Ranking scores of every item (artifact + new); ``scores`` is None for an unknown user."""
+        u = self.users.index(user_id)
+        if u is None:
+            return {"sha256": self.sha256, "scores": None}
+        tables = self._tables(extra_hidden, encoder_sha)
+        hist = self.history[u]
+        return {"sha256": self.sha256, "scores": self._rank(self.user_vec[u], self.user_interest[u], tables),
+                "seen": hist[hist >= 0]}
+
+    def predict(self, user_id, item_idx: np.ndarray, extra_hidden=None, encoder_sha=None) -> dict:
+        """Ratings (rating head) for items in the combined index space; ``ratings`` is None for an unknown user."""
+        u = self.users.index(user_id)
+        if u is None:
+            return {"sha256": self.sha256, "ratings": None}
+        item_vec, item_bias, _ = self._tables(extra_hidden, encoder_sha)
+        i = np.asarray(item_idx, dtype=np.int64)
+        return {"sha256": self.sha256,
+                "ratings": self.global_mean + self.user_bias[u] + item_bias[i] + item_vec[i] @ self.user_vec[u]}
+
+    @torch.no_grad()
+    def cold_user(self, item_idx: np.ndarray, profile_hidden: np.ndarray | None, extra_hidden=None,
+                  encoder_sha=None) -> dict:
+        """Scores for an unseen user: the user tower pools the rated items' vectors, plus the profile text.
+
+        A model trained with a user-text tower adds its projection of the profile text; otherwise the profile
+        text enters the pool as one more (text-only) item, so a user with no ratings still gets a vector.
+        """
+        tables = self._tables(extra_hidden, encoder_sha)
+        item_vec = torch.as_tensor(tables[0])
+        pool = [item_vec[torch.as_tensor(np.asarray(item_idx, dtype=np.int64))]]
+        extra = torch.zeros(item_vec.shape[1])
+        tower = self.model.user_tower
+        if profile_hidden is not None:
+            self.check_encoder(encoder_sha)
+            h = torch.as_tensor(np.asarray(profile_hidden, dtype=np.float32)).reshape(1, -1)
+            if tower.text_proj is not None:
+                extra = tower.text_proj(h)[0]
+            else:
+                pool.append(self.model.item_tower.text_proj(h))
+        hist = torch.cat(pool)
+        if len(hist) == 0:
+            raise ValueError("a cold-start user needs rated items or a profile text")
+        if tower.kind == "attention":  # the learned query alone: there is no user-ID embedding to add
+            logits = tower.key(hist) @ tower.query / hist.shape[-1] ** 0.5
+            weights = torch.softmax(logits, 0)
+        else:
+            weights = torch.full((len(hist),), 1.0 / len(hist))
+        vec = weights @ hist + extra
+        interest = self.model.interest(vec[None])[0]
+        return {"sha256": self.sha256, "scores": self._rank(vec.numpy(), interest.numpy(), tables)}
+
+    def similar(self, k: int, item_idx: int | None = None, hidden: np.ndarray | None = None, extra_hidden=None,
+                encoder_sha=None) -> dict:
+        """Top-k items by interest-space cosine to an item (itself excluded) or to an encoded text."""
+        tables = self._tables(extra_hidden, encoder_sha)
+        if item_idx is not None:
+            query = tables[2][item_idx]
+        else:
+            self.check_encoder(encoder_sha)
+            query = self.project(hidden)["interest"][0]
+        sims = tables[2] @ query
+        if item_idx is not None:
+            sims[item_idx] = -np.inf
+        k = min(k, int(np.isfinite(sims).sum()))
+        top = np.argpartition(-sims, k - 1)[:k] if k else np.zeros(0, np.int64)
+        top = top[np.argsort(-sims[top], kind="stable")]
+        return {"sha256": self.sha256, "item_idx": top, "similarity": sims[top]}
+
+    def explain(self, item_idx: np.ndarray, history_idx: np.ndarray, n: int, extra_hidden=None,
+                encoder_sha=None) -> dict:
+        """For each recommended item, the ``n`` history items closest in the interest space."""
+        interest = self._tables(extra_hidden, encoder_sha)[2]
+        hist = np.asarray(history_idx, dtype=np.int64)
+        sims = interest[np.asarray(item_idx, dtype=np.int64)] @ interest[hist].T  # [k, H]
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :n]
+        return {"history_idx": hist[order], "similarity": np.take_along_axis(sims, order, 1)}
+
+
+class MFMember:
+    """Biased matrix factorisation over an MF artifact (``mf_artifact.py``)."""
+
+    def __init__(self, artifact_dir: str | Path, fold_in_l2: float = 0.1) -> None:
+        from lmrec.serving.mf_artifact import load_mf_artifact
+
+        root = Path(artifact_dir)
+        self.art = load_mf_artifact(root)
+        self.users = IdMap(self.art.user_ids)
+        self.item_ids = list(self.art.item_ids)
+        self.sha256 = self.art.sha256
+        self.fold_in_l2 = fold_in_l2
+        self.info = _info("mf", root, self.art.manifest, self.art.manifest.get("name", "mf"), self.sha256) | {
+            "n_users": len(self.users), "n_items": len(self.item_ids)}
+
+    def _scores(self, bias: float, factors: np.ndarray) -> np.ndarray:
+        a = self.art
+        return a.global_mean + bias + a.item_bias + a.item_factors @ factors
+
+    def user_scores(self, user_id) -> dict:
+        """Scores of every artifact item, the user's training items and ratings; ``scores`` None if unknown."""
+        u = self.users.index(user_id)
+        if u is None:
+            return {"sha256": self.sha256, "scores": None}
+        items, ratings = self.art.seen(u)
+        return {"sha256": self.sha256, "scores": self._scores(self.art.user_bias[u], self.art.user_factors[u]),
+                "seen": items, "seen_ratings": ratings}
+
+    def predict(self, user_id, item_idx: np.ndarray) -> dict:
+        u = self.users.index(user_id)
+        if u is None:
+            return {"sha256": self.sha256, "ratings": None}
+        scores = self._scores(self.art.user_bias[u], self.art.user_factors[u])
+        return {"sha256": self.sha256, "ratings": scores[np.asarray(item_idx, dtype=np.int64)]}
+
+    def fold_in(self, item_idx: np.ndarray, ratings: np.ndarray) -> dict:
+        """A new user's bias and factors by ridge regression on the item side held fixed (no retraining)."""
+        a = self.art
+        i = np.asarray(item_idx, dtype=np.int64)
+        resid = np.asarray(ratings, dtype=np.float64) - a.global_mean - a.item_bias[i]
+        if len(i) == 0:
+            return {"sha256": self.sha256, "scores": None}
+        bias = resid.sum() / (len(i) + 1.0)  # shrunk towards 0 like a regularised bias
+        q = a.item_factors[i].astype(np.float64)
+        k = q.shape[1]
+        p = np.linalg.solve(q.T @ q + self.fold_in_l2 * len(i) * np.eye(k) + 1e-6 * np.eye(k), q.T @ (resid - bias))
+        return {"sha256": self.sha256, "scores": self._scores(bias, p.astype(np.float32))}

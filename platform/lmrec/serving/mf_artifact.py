@@ -1,0 +1,178 @@
+"""Serving artifact of a biased matrix factorisation member: safetensors + JSON + manifest, never pickle.
+
+Layout::
+
+    manifest.json        format, name, hyper-parameters, dataset fingerprint, metrics, sha256 of every other file
+    mf.safetensors       global_mean, user_bias, item_bias, user_factors, item_factors, and the training
+                         interactions as CSR (seen_indptr, seen_items, seen_ratings): the ensemble needs them to
+                         exclude seen items and to explain ("because you liked ...")
+    id_maps.json         raw user/item ids in index order, and the item texts (for readable explanations)
+
+The format mirrors ``lmrec.models.artifact`` (same hashing, same verify-before-load rule) so one ensemble
+manifest can point at both kinds of member.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from safetensors.numpy import load_file, save_file
+
+from lmrec.models.artifact import ArtifactError, sha256_file
+
+MF_FORMAT = "lmrec.mf/1"
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class MFArtifact:
+    """A verified MF artifact: arrays (numpy), raw ids, item texts and the manifest."""
+
+    manifest: dict
+    global_mean: float
+    user_bias: np.ndarray  # [n_users]
+    item_bias: np.ndarray  # [n_items]
+    user_factors: np.ndarray  # [n_users, k]
+    item_factors: np.ndarray  # [n_items, k]
+    seen_indptr: np.ndarray  # [n_users + 1]
+    seen_items: np.ndarray  # [nnz]
+    seen_ratings: np.ndarray  # [nnz]
+    user_ids: list
+    item_ids: list
+    item_texts: list[str]
+    sha256: str
+
+    def seen(self, user_idx: int) -> tuple[np.ndarray, np.ndarray]:
+        """Training items and ratings of one user."""
+        lo, hi = int(self.seen_indptr[user_idx]), int(self.seen_indptr[user_idx + 1])
+        return self.seen_items[lo:hi], self.seen_ratings[lo:hi]
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def save_mf_artifact(
+    directory: str | Path,
+    *,
+    global_mean: float,
+    user_bias: np.ndarray,
+    item_bias: np.ndarray,
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    train: pd.DataFrame,
+    user_ids: list | np.ndarray,
+    item_ids: list | np.ndarray,
+    item_texts: list[str] | None = None,
+    name: str = "biased-mf",
+    params: dict | None = None,
+    fingerprint: str = "",
+    metrics: dict | None = None,
+) -> Path:
+    """Write an MF artifact folder from plain arrays; ``train`` (user_idx, item_idx, rating) becomes the seen CSR."""
+    n_users, n_items = len(user_ids), len(item_ids)
+    if user_factors.shape[0] != n_users or item_factors.shape[0] != n_items:
+        raise ValueError(f"factor rows {user_factors.shape[0]}x{item_factors.shape[0]} != ids {n_users}x{n_items}")
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    order = np.lexsort((train["item_idx"].to_numpy(), train["user_idx"].to_numpy()))
+    users = train["user_idx"].to_numpy()[order]
+    tensors = {
+        "global_mean": np.asarray([global_mean], dtype=np.float32),
+        "user_bias": np.ascontiguousarray(user_bias, dtype=np.float32),
+        "item_bias": np.ascontiguousarray(item_bias, dtype=np.float32),
+        "user_factors": np.ascontiguousarray(user_factors, dtype=np.float32),
+        "item_factors": np.ascontiguousarray(item_factors, dtype=np.float32),
+        "seen_indptr": np.concatenate([[0], np.cumsum(np.bincount(users, minlength=n_users))]).astype(np.int64),
+        "seen_items": train["item_idx"].to_numpy()[order].astype(np.int64),
+        "seen_ratings": train["rating"].to_numpy()[order].astype(np.float32),
+    }
+    save_file(tensors, str(root / "mf.safetensors"))
+    plain = lambda ids: [v.item() if hasattr(v, "item") else v for v in list(ids)]  # noqa: E731
+    texts = list(item_texts) if item_texts is not None else [""] * n_items
+    (root / "id_maps.json").write_text(json.dumps(
+        {"user_ids": plain(user_ids), "item_ids": plain(item_ids), "item_texts": texts}))
+    manifest = {
+        "format": MF_FORMAT,
+        "name": name,
+        "created_unix": int(time.time()),
+        "params": params or {},
+        "dataset_fingerprint": fingerprint,
+        "metrics": {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))},
+        "files": {rel: sha256_file(root / rel) for rel in _files(root)},
+    }
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return root
+
+
+def load_mf_artifact(directory: str | Path) -> MFArtifact:
+    """Verify every sha256 (and that no file was added or removed), then read the arrays."""
+    root = Path(directory)
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{root}: unreadable {MANIFEST} ({e})") from None
+    if manifest.get("format") != MF_FORMAT:
+        raise ArtifactError(f"{root}: unknown artifact format {manifest.get('format')!r} (expected {MF_FORMAT})")
+    listed = manifest.get("files", {})
+    if set(_files(root)) != set(listed):
+        raise ArtifactError(f"{root}: files differ from the manifest")
+    for rel, digest in listed.items():
+        if sha256_file(root / rel) != digest:
+            raise ArtifactError(f"{root / rel}: sha256 does not match the manifest")
+    t = load_file(str(root / "mf.safetensors"))
+    ids = json.loads((root / "id_maps.json").read_text())
+    return MFArtifact(
+        manifest=manifest, global_mean=float(t["global_mean"][0]), user_bias=t["user_bias"],
+        item_bias=t["item_bias"], user_factors=t["user_factors"], item_factors=t["item_factors"],
+        seen_indptr=t["seen_indptr"], seen_items=t["seen_items"], seen_ratings=t["seen_ratings"],
+        user_ids=ids["user_ids"], item_ids=ids["item_ids"], item_texts=ids.get("item_texts", []),
+        sha256=sha256_file(root / MANIFEST),
+    )
+
+
+def train_mf_artifact(
+    data,
+    directory: str | Path,
+    *,
+    factors: int = 32,
+    epochs: int = 30,
+    lr: float = 0.01,
+    reg: float = 0.05,
+    seed: int = 0,
+    name: str = "biased-mf",
+) -> Path:
+    """Fit scikit-surprise's biased SVD on ``data.train`` (a ``PreparedData``) and export it as an MF artifact.
+
+    Using the two-tower run's own ``PreparedData`` gives both members the same split and id maps.
+    """
+    from surprise import SVD, Reader
+    from surprise import Dataset as SurpriseDataset
+
+    train = data.train
+    lo, hi = float(train["rating"].min()), float(train["rating"].max())
+    frame = train[["user_idx", "item_idx", "rating"]]
+    trainset = SurpriseDataset.load_from_df(frame, Reader(rating_scale=(lo, hi))).build_full_trainset()
+    algo = SVD(n_factors=factors, n_epochs=epochs, lr_all=lr, reg_all=reg, random_state=seed).fit(trainset)
+    # surprise numbers users/items in order of appearance; scatter its rows back to lmrec indices
+    pu = np.zeros((data.n_users, factors), np.float32)
+    qi = np.zeros((data.n_items, factors), np.float32)
+    bu = np.zeros(data.n_users, np.float32)
+    bi = np.zeros(data.n_items, np.float32)
+    for inner in trainset.all_users():
+        u = int(trainset.to_raw_uid(inner))
+        pu[u], bu[u] = algo.pu[inner], algo.bu[inner]
+    for inner in trainset.all_items():
+        i = int(trainset.to_raw_iid(inner))
+        qi[i], bi[i] = algo.qi[inner], algo.bi[inner]
+    return save_mf_artifact(
+        directory, global_mean=trainset.global_mean, user_bias=bu, item_bias=bi, user_factors=pu,
+        item_factors=qi, train=train, user_ids=data.user_ids, item_ids=data.item_ids, item_texts=data.item_texts,
+        name=name, params={"factors": factors, "epochs": epochs, "lr": lr, "reg": reg, "seed": seed},
+        fingerprint=data.fingerprint,
+    )

@@ -1,0 +1,123 @@
+"""Ray-free serving pieces: score fusion, the MF artifact, id maps and the HTTP API on the bare in-process app."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from lmrec.models.artifact import ArtifactError
+from lmrec.serving.ensemble import fuse_scores, top_k, zscore
+from lmrec.serving.members import IdMap, MFMember
+
+
+def test_zscore_ignores_masked_and_missing_entries():
+    s = np.array([1.0, 2.0, 3.0, np.nan, 100.0])
+    mask = np.array([True, True, True, True, False])
+    z = zscore(s, mask)
+    np.testing.assert_allclose(z[:3], [-1.2247449, 0.0, 1.2247449], rtol=1e-6)
+    assert z[3] == 0 and z[4] == 0  # NaN = no opinion; outside the mask = untouched
+
+
+def test_fusion_is_scale_free_and_weighted():
+    mask = np.ones(4, dtype=bool)
+    a = np.array([0.1, 0.2, 0.3, 0.4])  # cosine-like
+    b = np.array([4.0, 3.0, 2.0, 1.0]) * 1000  # rating-like, opposite order, huge scale
+    even = fuse_scores({"a": a, "b": b}, {"a": 1, "b": 1}, mask)
+    np.testing.assert_allclose(even, 0.0, atol=1e-12)  # equal weights cancel exactly despite the scales
+    tilted = fuse_scores({"a": a, "b": b}, {"a": 0.7, "b": 0.3}, mask)
+    assert list(top_k(tilted, 4)) == [3, 2, 1, 0]
+    only_a = fuse_scores({"a": a, "b": None}, {"a": 0.7, "b": 0.3}, mask)
+    np.testing.assert_allclose(only_a, zscore(a, mask))
+
+
+def test_top_k_skips_excluded_and_breaks_ties_by_index():
+    s = np.array([1.0, -np.inf, 3.0, 3.0, 0.5])
+    assert list(top_k(s, 10)) == [2, 3, 0, 4]
+    assert list(top_k(s, 2)) == [2, 3]
+
+
+def test_id_map_accepts_int_and_string_spellings():
+    m = IdMap([10, 20, "B00X"])
+    assert m.index(20) == 1 and m.index("20") == 1 and m.index("B00X") == 2
+    assert m.index(30) is None and "10" in m
+
+
+def test_mf_artifact_roundtrip_and_tamper(serving_artifacts, tmp_path):
+    import shutil
+
+    data = serving_artifacts["data"]
+    mf = MFMember(serving_artifacts["mf"])
+    user = data.train.iloc[0]
+    raw_user = data.user_ids[int(user["user_idx"])]
+    items, ratings = mf.art.seen(int(user["user_idx"]))
+    truth = data.train[data.train["user_idx"] == user["user_idx"]].sort_values("item_idx")
+    assert list(items) == truth["item_idx"].tolist()
+    np.testing.assert_allclose(ratings, truth["rating"].to_numpy())
+    pred = mf.predict(raw_user, items)["ratings"]
+    assert pred.shape == (len(items),) and np.isfinite(pred).all()
+    assert mf.predict("no-such-user", items)["ratings"] is None
+    # a new user's fold-in from this user's own ratings ranks their loved items above their disliked ones
+    cold = mf.fold_in(items, ratings)["scores"]
+    assert cold.shape == (len(mf.item_ids),)
+    bad = tmp_path / "mf"
+    shutil.copytree(serving_artifacts["mf"], bad)
+    maps = json.loads((bad / "id_maps.json").read_text())
+    maps["item_ids"][0] = 999999
+    (bad / "id_maps.json").write_text(json.dumps(maps))
+    with pytest.raises(ArtifactError, match="sha256"):
+        MFMember(bad)
+
+
+@pytest.fixture(scope="module")
+def bare(serving_artifacts):
+    """The bare single-process app (same routes and computation as the Serve app) on a loopback port."""
+    import uvicorn
+
+    from lmrec.serving.app import build_bare_app
+    from tests.serving.conftest import free_port
+
+    app = build_bare_app({"two_tower_artifact": str(serving_artifacts["v1"]),
+                          "mf_artifact": str(serving_artifacts["mf"]), "max_body_bytes": 4096})
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.mark.parametrize("path, body, status, needle", [
+    ("/recommend", {"user_id": 1, "k": 0}, 422, "greater than or equal to 1"),
+    ("/recommend", {"user_id": 1, "k": 1001}, 422, "less than or equal to 1000"),
+    ("/recommend", {"user_id": 1, "kk": 3}, 422, "Extra inputs"),
+    ("/recommend", {"user_id": 999999}, 404, "unknown user_id"),
+    ("/recommend", {"user_id": 1, "candidate_item_ids": []}, 422, "at least 1"),
+    ("/recommend", {"user_id": 1, "candidate_item_ids": [1, 424242]}, 404, "424242"),
+    ("/predict", {"user_id": 1, "item_ids": list(range(1001))}, 422, "at most 1000"),
+    ("/similar-items", {"k": 3}, 422, "exactly one of item_id or text"),
+    ("/similar-items", {"text": "   ", "k": 3}, 422, "at least 1 character"),
+    ("/cold-start/recommend", {"ratings": []}, 422, "at least one rating or a profile_text"),
+    ("/cold-start/recommend", {"ratings": [{"item_id": 1, "rating": 5}, {"item_id": 1, "rating": 4}]}, 422, "twice"),
+    ("/items", {"item_id": 1, "text": "Toy Story again"}, 409, "already exists"),
+])
+def test_bad_requests_are_4xx_with_a_message(bare, path, body, status, needle):
+    import requests
+
+    r = requests.post(bare + path, json=body, timeout=30)
+    assert r.status_code == status, r.text
+    assert needle in r.text
+
+
+def test_oversized_body_is_413(bare):
+    import requests
+
+    body = json.dumps({"user_id": 1, "item_ids": [1] * 2000}).encode()
+    r = requests.post(bare + "/predict", data=body, headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 413 and "larger than 4096 bytes" in r.text
