@@ -119,11 +119,6 @@ def test_ddp_crash_resume_and_artifact(ray_local, tmp_path, monkeypatch):
     np.testing.assert_allclose(artifact.recommender.score_items(np.arange(5)),
                                recipe.as_recommender().score_items(np.arange(5)), rtol=0, atol=1e-5)
 
-    # running the finished spec again resumes from its last checkpoint: no epoch is trained twice
-    monkeypatch.delenv(FAULT_ENV)
-    again = train(spec, spec_path=SPEC)
-    assert again.run_path == result.run_path and [int(h["epoch"]) for h in again.history] == [0, 1, 2]
-
 
 @pytest.mark.slow
 def test_deepspeed_zero2_crash_resume_and_artifact(ray_local, tmp_path, monkeypatch):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -37,8 +36,3 @@ def serving_artifacts(data_dir: Path, tmp_path_factory) -> dict:
     train_mf_artifact(data, root / "mf", factors=8, epochs=10)
     return {"v1": root / "two-tower-v1", "v2": root / "two-tower-v2", "mf": root / "mf", "data": data}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

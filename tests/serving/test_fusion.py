@@ -11,7 +11,8 @@ import pytest
 
 from lmrec.models.artifact import ArtifactError
 from lmrec.serving.ensemble import fuse_scores, top_k, zscore
-from lmrec.serving.members import IdMap, MFMember
+from lmrec.serving.members import MFMember
+from lmrec.serving.protocol import IdMap
 
 
 def test_zscore_ignores_masked_and_missing_entries():
@@ -51,7 +52,9 @@ def test_mf_artifact_roundtrip_and_tamper(serving_artifacts, tmp_path):
 
     data = serving_artifacts["data"]
     mf = MFMember(serving_artifacts["mf"])
-    user = data.train.iloc[0]
+    per_user = data.train.groupby("user_idx")["rating"].agg(["min", "max", "size"])
+    user_idx = int(per_user[(per_user["min"] <= 2) & (per_user["max"] >= 5)]["size"].idxmax())
+    user = data.train[data.train["user_idx"] == user_idx].iloc[0]
     raw_user = data.user_ids[int(user["user_idx"])]
     items, ratings = mf.art.seen(int(user["user_idx"]))
     truth = data.train[data.train["user_idx"] == user["user_idx"]].sort_values("item_idx")
@@ -63,6 +66,7 @@ def test_mf_artifact_roundtrip_and_tamper(serving_artifacts, tmp_path):
     # a new user's fold-in from this user's own ratings ranks their loved items above their disliked ones
     cold = mf.fold_in(items, ratings)["scores"]
     assert cold.shape == (len(mf.item_ids),)
+    assert cold[items[ratings >= 5]].mean() > cold[items[ratings <= 2]].mean()
     bad = tmp_path / "mf"
     shutil.copytree(serving_artifacts["mf"], bad)
     maps = json.loads((bad / "id_maps.json").read_text())
@@ -78,11 +82,9 @@ def bare(serving_artifacts):
     import uvicorn
 
     from lmrec.serving.app import build_bare_app
-    from tests.serving.conftest import free_port
-
-    app = build_bare_app({"two_tower_artifact": str(serving_artifacts["v1"]),
+        app = build_bare_app({"two_tower_artifact": str(serving_artifacts["v1"]),
                           "mf_artifact": str(serving_artifacts["mf"]), "max_body_bytes": 4096})
-    port = free_port()
+    port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -100,7 +102,7 @@ def bare(serving_artifacts):
     ("/recommend", {"user_id": 999999}, 404, "unknown user_id"),
     ("/recommend", {"user_id": 1, "candidate_item_ids": []}, 422, "at least 1"),
     ("/recommend", {"user_id": 1, "candidate_item_ids": [1, 424242]}, 404, "424242"),
-    ("/predict", {"user_id": 1, "item_ids": list(range(1001))}, 422, "at most 1000"),
+    ("/predict", {"user_id": 1, "item_ids": [1] * 1001}, 422, "at most 1000"),
     ("/similar-items", {"k": 3}, 422, "exactly one of item_id or text"),
     ("/similar-items", {"text": "   ", "k": 3}, 422, "at least 1 character"),
     ("/cold-start/recommend", {"ratings": []}, 422, "at least one rating or a profile_text"),
@@ -121,3 +123,11 @@ def test_oversized_body_is_413(bare):
     body = json.dumps({"user_id": 1, "item_ids": [1] * 2000}).encode()
     r = requests.post(bare + "/predict", data=body, headers={"content-type": "application/json"}, timeout=30)
     assert r.status_code == 413 and "larger than 4096 bytes" in r.text
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -22,11 +22,11 @@ class DataSpec(StrictModel):
         0.05, ge=0, lt=0.5,
         description="When the split has no valid part, this fraction of train rows (seeded) becomes valid (0 = none).",
     )
-    item_template: str = Field(
-        "{title} ({year}). Genres: {genres}.", description="Item text template (lmrec.data.text.render_item_texts)."
+    item_template: str | None = Field(
+        None, description="Item text template (lmrec.data.text syntax); None = the dataset's default template."
     )
     user_template: str | None = Field(
-        None, description="User text template over the users table (only read when model.user_text is on)."
+        None, description="User text template; None = the dataset's default (only read when model.user_text is on)."
     )
     max_users: int | None = Field(None, ge=1, description="Keep only the first N users (tiny CI slices).")
     max_items: int | None = Field(None, ge=1, description="Keep only the first N items (tiny CI slices).")
@@ -57,11 +57,13 @@ class ClickTaskSpec(StrictModel):
     temperature: float = Field(0.1, gt=0, description="Softmax temperature over cosine scores.")
     positive_threshold: float | None = Field(None, description="Min rating that counts as a positive (None = all).")
     id_dropout: float = Field(0.5, ge=0, lt=1, description="Chance to drop an item's ID part so text learns to rank.")
+    max_rows: int = Field(256, ge=1, description="Positives per step in the softmax over all warm items (cost cap).")
 
 
 class RelatedTaskSpec(StrictModel):
     weight: float = Field(0.1, ge=0, description="Weight of the item-relatedness contrastive loss (0 = off).")
     temperature: float = Field(0.1, gt=0, description="Softmax temperature over cosine scores.")
+    max_rows: int = Field(256, ge=1, description="Anchor items per step (cost cap).")
 
 
 class TasksSpec(StrictModel):
@@ -124,6 +126,4 @@ class TrainSpec(StrictModel):
         m = self.early_stopping.metric
         if m in ("val_rmse", "val_mae") and self.tasks.rating.weight == 0:
             raise ValueError(f"early_stopping.metric {m} needs the rating task (tasks.rating.weight > 0)")
-        if self.model.user_text and not self.data.user_template:
-            raise ValueError("model.user_text needs data.user_template")
         return self

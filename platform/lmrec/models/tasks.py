@@ -46,6 +46,17 @@ def _rand(n: int, ctx: StepContext) -> torch.Tensor:
     return torch.rand(n, generator=ctx.generator, device="cpu").to(ctx.item_vec.device)
 
 
+def _subsample(rows: torch.Tensor, max_rows: int, ctx: StepContext) -> torch.Tensor:
+    """Keep at most ``max_rows`` of the True rows (random): a [rows x all items] softmax is the costly part."""
+    n = int(rows.sum())
+    if n <= max_rows:
+        return rows
+    keys = _rand(len(rows), ctx).masked_fill(~rows, 2.0)
+    keep = torch.zeros_like(rows)
+    keep[keys.argsort()[:max_rows]] = True
+    return keep
+
+
 class RatingTask:
     """Explicit rating regression."""
 
@@ -79,15 +90,16 @@ class ClickTask:
 
     def __init__(
         self, weight: float = 1.0, temperature: float = 0.1, positive_threshold: float | None = None,
-        id_dropout: float = 0.5,
+        id_dropout: float = 0.5, max_rows: int = 256,
     ) -> None:
         self.weight, self.temperature = weight, temperature
-        self.positive_threshold, self.id_dropout = positive_threshold, id_dropout
+        self.positive_threshold, self.id_dropout, self.max_rows = positive_threshold, id_dropout, max_rows
 
     def loss(self, model: TwoTowerModel, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
         pos = torch.ones_like(ctx.rating, dtype=torch.bool)
         if self.positive_threshold is not None:
             pos = ctx.rating >= self.positive_threshold
+        pos = _subsample(pos, self.max_rows, ctx)
         if not bool(pos.any()):
             # keep the graph connected (DDP/ZeRO expect every rank to produce gradients for the same params)
             return ctx.user_vec.sum() * 0.0, {"acc": 0.0}
@@ -135,14 +147,14 @@ class RelatedTask:
 
     name = "related"
 
-    def __init__(self, weight: float = 0.1, temperature: float = 0.1) -> None:
-        self.weight, self.temperature = weight, temperature
+    def __init__(self, weight: float = 0.1, temperature: float = 0.1, max_rows: int = 256) -> None:
+        self.weight, self.temperature, self.max_rows = weight, temperature, max_rows
 
     def loss(self, model: TwoTowerModel, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
         hist = model.history[ctx.user_idx]  # [B, L]
         valid = (hist >= 0) & (hist != ctx.item_idx[:, None])
         n_valid = valid.sum(1)
-        has = n_valid > 0
+        has = _subsample(n_valid > 0, self.max_rows, ctx)
         if not bool(has.any()):
             return ctx.item_vec.sum() * 0.0, {}
         # pick a uniformly random valid slot per row: rank slots by random keys, invalid slots last

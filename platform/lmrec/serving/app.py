@@ -55,7 +55,8 @@ def build_app(args: ServeAppArgs):
     """The Serve application for ``args`` (Serve validates a dict ``args:`` block into ``ServeAppArgs``)."""
     from lmrec.serving.encoder_service import TextEncoderService
     from lmrec.serving.ensemble import EnsembleIngress
-    from lmrec.serving.scorers import ItemCatalog, MFScorer, TwoTowerScorer
+    from lmrec.serving.catalog import ItemCatalog
+    from lmrec.serving.scorers import MFScorer, TwoTowerScorer
 
     args = ServeAppArgs.model_validate(args) if not isinstance(args, ServeAppArgs) else args
     check_artifacts(args)
@@ -94,7 +95,7 @@ class _LocalMember:
         self.member = member
 
     def call(self, method: str, *args, **kwargs):
-        from lmrec.serving.members import call_member
+        from lmrec.serving.protocol import call_member
 
         return call_member(self.member, method, *args, **kwargs)
 
@@ -127,7 +128,7 @@ def build_bare_app(args: ServeAppArgs):
     from lmrec.serving.encoder_service import TextEncoderCore
     from lmrec.serving.ensemble import EnsembleRouter
     from lmrec.serving.members import MFMember, TwoTowerMember
-    from lmrec.serving.scorers import ItemCatalogCore
+    from lmrec.serving.catalog import ItemCatalogCore
 
     args = ServeAppArgs.model_validate(args) if not isinstance(args, ServeAppArgs) else args
     check_artifacts(args)

@@ -21,7 +21,7 @@ from lmrec.serving.api import (
     AddItemRequest, ColdStartRequest, PredictRequest, RecommendRequest, ServingError, SimilarItemsRequest,
     build_api,
 )
-from lmrec.serving.members import SKEW, IdMap
+from lmrec.serving.protocol import SKEW, IdMap
 
 
 def zscore(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Serve deployments of the ensemble members and of the run-time item catalog.
+"""Serve deployments of the ensemble members.
 
 Each member deployment holds one loaded artifact (``members.py``) and swaps it through ``reconfigure``: Serve
 calls it with a changed ``user_config`` without restarting the replica and keeps routing requests meanwhile, so
@@ -14,7 +14,8 @@ from typing import Any
 
 from ray import serve
 
-from lmrec.serving.members import MFMember, TwoTowerMember, call_member
+from lmrec.serving.members import MFMember, TwoTowerMember
+from lmrec.serving.protocol import call_member
 
 
 class _MemberDeployment:
@@ -59,33 +60,3 @@ class MFScorer(_MemberDeployment):
 
     def item_texts(self) -> tuple[str, list[str]]:
         return self.member.sha256, self.member.art.item_texts
-
-
-class ItemCatalogCore:
-    """Items added at run time (id + text), in order, with a version counter that bumps on every add.
-
-    Held by exactly one replica so every ingress replica sees the same catalog; it keeps only texts, because
-    encoder outputs and vectors belong to an artifact version and are re-derived after a swap.
-    """
-
-    def __init__(self) -> None:
-        self.item_ids: list = []
-        self.texts: list[str] = []
-
-    def add(self, item_id, text: str) -> int:
-        """Append an item; returns the new version, or -1 when the id was already added."""
-        if str(item_id) in {str(i) for i in self.item_ids}:
-            return -1
-        self.item_ids.append(item_id)
-        self.texts.append(text)
-        return len(self.item_ids)
-
-    def since(self, version: int) -> tuple[int, list, list[str]]:
-        """The items added after ``version`` (the catalog's length when the caller last looked)."""
-        return len(self.item_ids), self.item_ids[version:], self.texts[version:]
-
-
-@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
-class ItemCatalog(ItemCatalogCore):
-    """Single-replica store of run-time items (see ``ItemCatalogCore``); lost on restart by design: new items
-    belong in the next trained artifact."""

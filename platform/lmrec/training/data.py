@@ -76,12 +76,6 @@ def _slice(dataset: Dataset, max_users: int | None, max_items: int | None) -> Da
     return Dataset.build(dataset.name, inter, items, users, dataset.meta)
 
 
-def render_user_texts(users: pd.DataFrame, template: str) -> list[str]:
-    """``template.format(**row)`` for every user row; missing fields render empty."""
-    rows = users.to_dict("records")
-    return [template.format_map({k: ("" if v is None else v) for k, v in r.items()}) for r in rows]
-
-
 def fingerprint(dataset: str, split_params: dict, train: pd.DataFrame, item_texts: list[str]) -> str:
     """sha256 over what the model learned from: train rows, item texts, split parameters (hex, 16 chars)."""
     h = hashlib.sha256()
@@ -113,8 +107,11 @@ def build_prepared(
     ids, lengths = tokenize_texts(tokenizer, item_texts, spec.model.max_length)
     u_ids = u_len = None
     if spec.model.user_text:
-        u_ids, u_len = tokenize_texts(tokenizer, render_user_texts(dataset.users, spec.data.user_template),
-                                      spec.model.max_length)
+        from lmrec.data.text import default_user_template, render_user_texts
+
+        template = spec.data.user_template or default_user_template(dataset.name)
+        # user texts may only reveal the training history
+        u_ids, u_len = tokenize_texts(tokenizer, render_user_texts(dataset, train, template), spec.model.max_length)
 
     def compact(df: pd.DataFrame | None) -> pd.DataFrame | None:
         if df is None or len(df) == 0:
@@ -152,7 +149,7 @@ def prepare_data(spec: TrainSpec) -> PreparedData:
     """Load the dataset, make the split, render and tokenise item texts once (see module docstring)."""
     from lmrec.data.registry import load_dataset
     from lmrec.data.splits import make_split
-    from lmrec.data.text import render_item_texts
+    from lmrec.data.text import default_item_template, render_item_texts
 
     dataset = load_dataset(spec.data.dataset)
     if spec.data.max_users is not None or spec.data.max_items is not None:
@@ -166,7 +163,7 @@ def prepare_data(spec: TrainSpec) -> PreparedData:
         is_valid = rng.random(len(train)) < spec.data.valid_from_train
         train, valid = train[~is_valid], train[is_valid]
         params["valid_from_train"] = spec.data.valid_from_train
-    texts = list(render_item_texts(dataset.items, spec.data.item_template))
+    texts = render_item_texts(dataset.items, spec.data.item_template or default_item_template(dataset.name))
     return build_prepared(
         spec, dataset, train, valid, split.test, texts, cold_items=split.cold_items, split_params=params
     )

@@ -46,8 +46,8 @@ def build_objective(spec: TrainSpec) -> MultiTaskObjective:
     t = spec.tasks
     return MultiTaskObjective([
         RatingTask(t.rating.weight, t.rating.l2),
-        ClickTask(t.click.weight, t.click.temperature, t.click.positive_threshold, t.click.id_dropout),
-        RelatedTask(t.related.weight, t.related.temperature),
+        ClickTask(t.click.weight, t.click.temperature, t.click.positive_threshold, t.click.id_dropout, t.click.max_rows),
+        RelatedTask(t.related.weight, t.related.temperature, t.related.max_rows),
     ])
 
 

@@ -24,6 +24,9 @@ class Popularity:
     name = "popularity"
     rates = False
 
+    def __init__(self) -> None:
+        self.counts_: np.ndarray | None = None
+
     def fit(self, train: pd.DataFrame, n_users: int, n_items: int) -> "Popularity":
         """Count interactions per item. Returns self."""
         check_train(train, n_users, n_items)

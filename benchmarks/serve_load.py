@@ -1,0 +1,283 @@
+"""Load on the recommendation service over loopback: Ray Serve vs. a bare single-process FastAPI app.
+
+Run: `.venv/bin/python benchmarks/serve_load.py` (LMREC_DATA_DIR pointing at the datasets; ~8 min on 2 cores).
+Writes benchmarks/results/serve.json (+ serve.png).
+
+Both targets run the identical computation (``lmrec.serving.app.build_app`` vs ``build_bare_app``: same routes,
+same members) on the same artifacts: a two-tower trained for one epoch on ML-100K u1 with the frozen default
+encoder (all-MiniLM-L6-v2; ``--encoder tiny`` for a random 2-layer BERT) and a biased-MF member on the same
+split. Scenarios, each bounded in time and request count:
+- closed loop: C clients each send the next request when the previous answers (throughput at saturation);
+- open loop: Poisson arrivals at a fixed rate, latency measured from the scheduled send (queueing included);
+- autoscaling: Serve only, a load step from 1 to 16 clients; replica counts sampled every second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import RESULTS, write_results  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / "runs" / "serve-bench"
+
+
+def build_artifacts(encoder: str) -> dict:
+    """Train (once; cached under runs/serve-bench) the two-tower and MF artifacts the service loads."""
+    from lmrec.config.train import TrainSpec
+    from lmrec.serving.mf_artifact import train_mf_artifact
+    from lmrec.training.data import prepare_data
+    from lmrec.training.local import train_local
+
+    tt, mf = WORK / f"two-tower-{encoder}", WORK / "mf"
+    if (tt / "manifest.json").exists() and (mf / "manifest.json").exists():
+        return {"two_tower": tt, "mf": mf, "train_s": None}
+    spec = TrainSpec.model_validate({
+        "name": f"serve-bench-{encoder}",
+        "data": {"dataset": "ml-100k"},
+        "model": {"encoder_init": "random-tiny" if encoder == "tiny" else "pretrained", "dim": 64,
+                  "max_length": 32},
+        "optim": {"epochs": 1, "batch_size": 1024, "lr_encoder": 0.0, "items_encoded_per_step": 0},
+    })
+    start = time.perf_counter()
+    data = prepare_data(spec)
+    train_local(spec, data, device="cpu", artifact_dir=tt)
+    train_mf_artifact(data, mf, factors=64, epochs=20)
+    return {"two_tower": tt, "mf": mf, "train_s": time.perf_counter() - start}
+
+
+def request_bodies(kind: str, user_ids: list, item_ids: list, rng: random.Random):
+    """An endless stream of realistic bodies for ``kind`` (known users; cold users with 5 ratings + text)."""
+    genres = ["comedy", "thriller", "animation", "romance", "sci-fi", "documentary", "war", "western"]
+    while True:
+        if kind == "/recommend":
+            yield {"user_id": rng.choice(user_ids), "k": 10}
+        else:
+            rated = rng.sample(item_ids, 5)
+            yield {"ratings": [{"item_id": i, "rating": rng.choice([3, 4, 5])} for i in rated],
+                   "profile_text": f"I enjoy {rng.choice(genres)} and {rng.choice(genres)} films", "k": 10}
+
+
+async def _send(session, url: str, body: dict) -> tuple[bool, float]:
+    start = time.perf_counter()
+    try:
+        async with session.post(url, json=body) as r:
+            await r.read()
+            ok = r.status == 200
+    except Exception:  # noqa: BLE001 - any transport error counts as a failed request
+        ok = False
+    return ok, time.perf_counter() - start
+
+
+async def closed_loop(base: str, path: str, bodies, clients: int, seconds: float, max_requests: int) -> dict:
+    import aiohttp
+
+    lat, errors, sent = [], 0, 0
+    deadline = time.perf_counter() + seconds
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        async def client():
+            nonlocal errors, sent
+            while time.perf_counter() < deadline and sent < max_requests:
+                sent += 1
+                ok, dt = await _send(session, base + path, next(bodies))
+                (lat.append(dt) if ok else None)
+                errors += not ok
+
+        start = time.perf_counter()
+        await asyncio.gather(*[client() for _ in range(clients)])
+        wall = time.perf_counter() - start
+    return _summary(lat, errors, wall) | {"mode": "closed", "clients": clients}
+
+
+async def open_loop(base: str, path: str, bodies, rate: float, seconds: float, max_requests: int) -> dict:
+    import aiohttp
+
+    lat, errors = [], 0
+    rng = np.random.default_rng(0)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        async def one(t_sched: float, body: dict):
+            nonlocal errors
+            ok, _ = await _send(session, base + path, body)
+            (lat.append(time.perf_counter() - t_sched) if ok else None)  # from the scheduled send: queueing counts
+            errors += not ok
+
+        start = time.perf_counter()
+        tasks, t = [], start
+        while t - start < seconds and len(tasks) < max_requests:
+            t += rng.exponential(1.0 / rate)
+            await asyncio.sleep(max(0.0, t - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(t, next(bodies))))
+        await asyncio.gather(*tasks)
+        wall = time.perf_counter() - start
+    return _summary(lat, errors, wall) | {"mode": "open", "offered_rps": rate}
+
+
+def _summary(lat: list[float], errors: int, wall: float) -> dict:
+    ms = np.asarray(lat) * 1000
+    pct = {f"p{q}_ms": round(float(np.percentile(ms, q)), 2) if len(ms) else None for q in (50, 95, 99)}
+    return {"ok": len(lat), "errors": errors, "seconds": round(wall, 2), "throughput_rps": round(len(lat) / wall, 1),
+            **pct}
+
+
+def wait_http(url: str, timeout: float = 120) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} not healthy after {timeout} s")
+        time.sleep(0.5)
+
+
+def run_scenarios(base: str, user_ids: list, item_ids: list, seconds: float, open_rate: dict) -> dict:
+    """Closed then open loop per endpoint; an open-loop rate not in ``open_rate`` is set to half the closed-loop
+    throughput just measured (and written back, so the second target gets the same offered load)."""
+    rng = random.Random(0)
+    out = {}
+    for path in ("/recommend", "/cold-start/recommend"):
+        bodies = request_bodies(path, user_ids, item_ids, rng)
+        asyncio.run(closed_loop(base, path, bodies, 2, 3, 200))  # warm-up: caches, lazy imports, first batches
+        out[f"closed {path}"] = asyncio.run(closed_loop(base, path, bodies, 8, seconds, 20000))
+        open_rate.setdefault(path, max(1.0, 0.5 * out[f"closed {path}"]["throughput_rps"]))
+        out[f"open {path}"] = asyncio.run(open_loop(base, path, bodies, open_rate[path], seconds, 20000))
+        print(path, json.dumps({k: v for k, v in out.items() if path in k}), flush=True)
+    return out
+
+
+def autoscaling_step(base: str, user_ids: list, item_ids: list, app: str) -> dict:
+    """Serve only: 1 client for 15 s, then 16 clients for 60 s; replica counts per deployment every second."""
+    from ray import serve
+
+    samples, stop = [], {"flag": False}
+    t0 = time.perf_counter()
+
+    async def sampler():
+        while not stop["flag"]:
+            deps = serve.status().applications[app].deployments
+            samples.append({"t": round(time.perf_counter() - t0, 1), **{
+                name: int(sum(n for s, n in d.replica_states.items() if str(s).endswith("RUNNING")))
+                for name, d in deps.items()}})
+            await asyncio.sleep(1.0)
+
+    async def run():
+        task = asyncio.create_task(sampler())
+        bodies = request_bodies("/recommend", user_ids, item_ids, random.Random(1))
+        low = await closed_loop(base, "/recommend", bodies, 1, 15, 100000)
+        high = await closed_loop(base, "/recommend", bodies, 16, 60, 100000)
+        stop["flag"] = True
+        await task
+        return low, high
+
+    low, high = asyncio.run(run())
+    return {"step_at_s": 15, "low": low, "high": high, "replicas": samples}
+
+
+def plot(result: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    names = list(result["bare"])
+    x = np.arange(len(names))
+    for ax, key, title in ((axes[0], "p50_ms", "p50 latency (ms)"), (axes[1], "throughput_rps", "throughput (req/s)")):
+        for off, target, color in ((-0.2, "bare", "#999999"), (0.2, "serve", "#4c72b0")):
+            ax.bar(x + off, [result[target][n][key] or 0 for n in names], 0.4, label=target, color=color)
+        ax.set_xticks(x, [n.replace(" /", "\n/") for n in names], fontsize=8)
+        ax.set_title(title)
+        ax.legend()
+    ax = axes[2]
+    samples = result["autoscaling"]["replicas"]
+    for name in ("EnsembleIngress", "TwoTowerScorer", "MFScorer", "TextEncoderService"):
+        ax.step([s["t"] for s in samples], [s.get(name, 0) for s in samples], where="post", label=name)
+    ax.axvline(result["autoscaling"]["step_at_s"], color="k", ls="--", lw=1)
+    ax.set_title("Serve replicas; load step 1 -> 16 clients at dashed line")
+    ax.set_xlabel("seconds")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "serve.png", dpi=120)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--encoder", choices=["minilm", "tiny"], default="minilm")
+    p.add_argument("--seconds", type=float, default=20.0, help="length of each closed/open-loop scenario")
+    args = p.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster for the run
+    arts = build_artifacts(args.encoder)
+    ids = json.loads((arts["mf"] / "id_maps.json").read_text())
+    users, items = ids["user_ids"], ids["item_ids"]
+    app_args = {"two_tower_artifact": str(arts["two_tower"]), "mf_artifact": str(arts["mf"])}
+    result = {"encoder": args.encoder, "train_s": arts["train_s"], "scenario_seconds": args.seconds,
+              "closed_loop_clients": 8}
+
+    # 1. bare: one uvicorn process, same routes and members, no Ray
+    port = 8311
+    code = ("import sys, json, uvicorn; from lmrec.serving.app import build_bare_app; "
+            f"uvicorn.run(build_bare_app(json.loads(sys.argv[1])), host='127.0.0.1', port={port}, "
+            "log_level='warning')")
+    rates: dict[str, float] = {}  # open-loop rates: half the bare app's closed-loop throughput, same for both
+    bare = subprocess.Popen([sys.executable, "-c", code, json.dumps(app_args)])
+    try:
+        wait_http(f"http://127.0.0.1:{port}")
+        result["bare"] = run_scenarios(f"http://127.0.0.1:{port}", users, items, args.seconds, rates)
+    finally:
+        bare.terminate()
+        bare.wait(30)
+
+    # 2. Ray Serve from the committed config, max replicas sized for 2 cores
+    import ray
+    import yaml
+    from ray import serve
+
+    from lmrec.serving.cli import deploy_config, load_serve_config
+
+    raw = yaml.safe_load((REPO / "serve" / "recommender.yaml").read_text())
+    raw["http_options"]["port"] = 8313
+    app = raw["applications"][0]
+    app["args"].update(app_args)
+    for d in app["deployments"]:
+        if d["name"] in ("EnsembleIngress", "TwoTowerScorer"):
+            d["autoscaling_config"].update(max_replicas=3, upscale_delay_s=3, look_back_period_s=5)
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, namespace="serve", log_to_driver=False)
+    try:
+        start = time.perf_counter()
+        deploy_config(load_serve_config(raw))
+        result["serve_start_s"] = round(time.perf_counter() - start, 1)
+        base = "http://127.0.0.1:8313"
+        result["serve"] = run_scenarios(base, users, items, args.seconds, rates)
+        result["open_loop_rps"] = rates
+        result["autoscaling"] = autoscaling_step(base, users, items, app["name"])
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    result["overhead"] = {
+        name: {"p50_ratio": round(result["serve"][name]["p50_ms"] / result["bare"][name]["p50_ms"], 2),
+               "throughput_ratio": round(result["serve"][name]["throughput_rps"]
+                                         / max(result["bare"][name]["throughput_rps"], 1e-9), 2)}
+        for name in result["bare"]}
+    write_results("serve", result)
+    plot(result)
+    print(json.dumps(result["overhead"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
