@@ -68,11 +68,23 @@ def ray_cluster(tmp_path_factory):
     finally:
         head.send_signal(signal.SIGTERM)  # `ray start --block` tears down its own processes on SIGTERM
         try:
-            head.wait(timeout=60)
+            head.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def submit(client, timeout: float = 120, **kwargs) -> str:
+    """``submit_job``, retried while the head's dashboard agent (which runs job drivers) is still starting."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return client.submit_job(**kwargs)
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 def wait_for_job(client, job_id: str, timeout: float) -> str:
@@ -94,7 +106,8 @@ def test_lmrec_train_as_a_ray_job(ray_cluster):
     client, storage, env = ray_cluster
     entrypoint = (f"lmrec train {SPEC} --set name=job-run --set optim.epochs=2 "
                   f"--set scaling.storage_path={storage}")
-    job_id = client.submit_job(
+    job_id = submit(
+        client,
         entrypoint=entrypoint,
         runtime_env={"working_dir": str(REPO),
                      "env_vars": {k: env[k] for k in ("LMREC_DATA_DIR", "HF_HUB_OFFLINE", "PATH")}},
@@ -114,8 +127,8 @@ def test_invalid_spec_job_fails_fast_with_a_clear_message(ray_cluster):
     from ray.job_submission import JobStatus
 
     client, _, _ = ray_cluster
-    job_id = client.submit_job(entrypoint="lmrec train tests/configs/invalid_two_tower.yaml",
-                               runtime_env={"working_dir": str(REPO)})
+    job_id = submit(client, entrypoint="lmrec train tests/configs/invalid_two_tower.yaml",
+                    runtime_env={"working_dir": str(REPO)})
     assert wait_for_job(client, job_id, timeout=120) == JobStatus.FAILED
     logs = client.get_job_logs(job_id)
     assert "optim.learning_rate" in logs and "scaling.num_workers" in logs and "Traceback" not in logs

@@ -73,9 +73,12 @@ def with_artifacts(raw: dict, two_tower_artifact: str | None = None, mf_artifact
     for app in out["applications"]:
         deployments = {d["name"]: d for d in app.setdefault("deployments", [])}
         for name, path in targets.items():
-            if path is not None:
-                d = deployments.get(name) or app["deployments"].append({"name": name}) or app["deployments"][-1]
-                d["user_config"] = {"artifact_dir": str(Path(path).resolve())}
+            if path is None:
+                continue
+            if name not in deployments:
+                deployments[name] = {"name": name}
+                app["deployments"].append(deployments[name])
+            deployments[name]["user_config"] = {"artifact_dir": str(Path(path).resolve())}
     return out
 
 

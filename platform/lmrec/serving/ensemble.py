@@ -71,6 +71,7 @@ class EnsembleRouter:
         self.new_hidden: list[np.ndarray] = []
         self.new_sha: str | None = None
         self._lock = asyncio.Lock()
+        self._encode_lock = asyncio.Lock()
 
     # ---- id spaces ----
     async def _space(self, handle, sha: str) -> tuple[IdMap, list]:
@@ -133,15 +134,17 @@ class EnsembleRouter:
         n = len(self.new_ids)
         if n == 0:
             return None, None
-        if len(self.new_hidden) < n:
-            got = await asyncio.gather(*[self.encoder.encode.remote(t) for t in self.new_texts[len(self.new_hidden):n]])
-            shas = {sha for sha, _ in got}
-            if len(shas) > 1 or (self.new_hidden and self.new_sha not in shas):
-                self.new_hidden, self.new_sha = [], None  # the encoder changed mid-way: start over next time
-                raise _Retry
-            self.new_hidden.extend(vec for _, vec in got)
-            self.new_sha = shas.pop()
-        return np.stack(self.new_hidden[:n]), self.new_sha
+        async with self._encode_lock:  # concurrent requests must not append the same rows twice
+            if len(self.new_hidden) < n:
+                texts = self.new_texts[len(self.new_hidden):n]
+                got = await asyncio.gather(*[self.encoder.encode.remote(t) for t in texts])
+                shas = {sha for sha, _ in got}
+                if len(shas) > 1 or (self.new_hidden and self.new_sha not in shas):
+                    self.new_hidden, self.new_sha = [], None  # the encoder changed mid-way: start over
+                    raise _Retry
+                self.new_hidden.extend(vec for _, vec in got)
+                self.new_sha = shas.pop()
+            return np.stack(self.new_hidden[:n]), self.new_sha
 
     async def _tt(self, method: str, *args, query_text: str | None = None, query_kw: str = "hidden", **kwargs):
         """Call the two-tower with the run-time items (and an encoded query text); retry while a hot swap has
@@ -226,8 +229,8 @@ class EnsembleRouter:
         for pos, raw in enumerate(req.item_ids):
             vals = {m: float(v[pos]) for m, v in per.items() if np.isfinite(v[pos])}
             w = {m: self.weights.get(m, 0.0) for m in vals}
-            total = sum(w.values()) or 1.0
-            rating = sum(w[m] * vals[m] for m in vals) / total if sum(w.values()) else float(np.mean(list(vals.values())))
+            total = sum(w.values())
+            rating = sum(w[m] * vals[m] for m in vals) / total if total else float(np.mean(list(vals.values())))
             preds.append({"item_id": raw, "rating": rating, "member_ratings": {m: vals.get(m) for m in per}})
         return {"user_id": req.user_id, "predictions": preds, "versions": _versions(tt_res, mf_res)}
 
@@ -253,8 +256,10 @@ class EnsembleRouter:
         tt_map, _ = await self._space(self.tt, tt_sha)
         idx = self._combined_index(tt_map, [r.item_id for r in req.ratings])
         ratings = np.asarray([r.rating for r in req.ratings], dtype=np.float32)
-        tt_call = self._tt("cold_user", idx, query_text=req.profile_text, query_kw="profile_hidden") if req.profile_text else \
-            self._tt("cold_user", idx, profile_hidden=None)
+        if req.profile_text:
+            tt_call = self._tt("cold_user", idx, query_text=req.profile_text, query_kw="profile_hidden")
+        else:
+            tt_call = self._tt("cold_user", idx, profile_hidden=None)
         mf_res = None
         if self.mf is not None and len(idx):
             mf_sha = (await self.mf.item_ids.remote())[0]

@@ -5,7 +5,7 @@
 - item scores: temperature-scaled KL(teacher || student) between the two softmax distributions over all items
   for the batch's users, times T² so its gradient scale does not shrink with T (Hinton et al. 2015).
 
-The teacher is a two-tower artifact (``Teacher.from_artifact``) run in inference mode: its user/item tables are
+The teacher is a two-tower artifact (``Teacher.from_artifact``) run without gradient: its user/item tables are
 precomputed once (the artifact stores them), so a distillation step costs two table lookups and one matmul and
 never runs the teacher's encoder. Any ``Recommender`` can also teach (``Teacher.from_recommender``).
 
@@ -76,11 +76,13 @@ class Teacher:
 
         return cls(rating_fn, score_fn, n_users, n_items, logit_scale)
 
-    @torch.inference_mode()
+    # no_grad, not inference_mode: the outputs are constants inside the student's autograd graph, and
+    # inference tensors cannot be saved for backward
+    @torch.no_grad()
     def ratings(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
         return self._rating_fn(user_idx, item_idx).float()
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def item_logits(self, user_idx: torch.Tensor) -> torch.Tensor:
         return self._score_fn(user_idx).float() * self.logit_scale
 
@@ -157,9 +159,9 @@ class DistilledMF:
         if (n_users, n_items) != (self.teacher.n_users, self.teacher.n_items):
             raise ValueError("teacher and student index spaces differ")
         gen = torch.Generator().manual_seed(self.seed)
-        u = torch.as_tensor(train["user_idx"].to_numpy(np.int64))
-        i = torch.as_tensor(train["item_idx"].to_numpy(np.int64))
-        r = torch.as_tensor(train["rating"].to_numpy(np.float32))
+        u = torch.as_tensor(train["user_idx"].to_numpy(np.int64, copy=True))
+        i = torch.as_tensor(train["item_idx"].to_numpy(np.int64, copy=True))
+        r = torch.as_tensor(train["rating"].to_numpy(np.float32, copy=True))
         self.mean_ = float(r.mean())
         self.rating_range_ = (float(r.min()), float(r.max()))
         p = (torch.randn(n_users, self.dim, generator=gen) * 0.1).requires_grad_()

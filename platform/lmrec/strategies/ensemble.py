@@ -7,7 +7,10 @@ learned here, written by ``save_weights`` as a JSON next to the artifacts, mean 
 Learning the weights: ranking weights minimise a listwise softmax loss of the validation items over the fused
 z-scores (a smooth stand-in for NDCG; weights are a softmax of free logits, so they stay on the simplex), with a
 learned sharpness; rating weights (for ``predict``) are non-negative least squares on the members' predicted
-ratings (``scipy.optimize.nnls``) plus an intercept-free blend, normalised the same way.
+ratings (``scipy.optimize.nnls``), normalised to sum to 1 so the blend stays on the rating scale.
+
+Serve z-scores over a request's candidate items; ``score_items`` here, which has no request, z-scores over all
+items, and ``fit_weights`` over the items the user has not rated in train (what a recommend request ranks).
 """
 
 from __future__ import annotations
@@ -86,9 +89,17 @@ class FusedEnsemble:
 
     def fit_weights(self, train: pd.DataFrame, valid: pd.DataFrame, n_items: int, *, steps: int = 300,
                     lr: float = 0.05, max_users: int = 2048, seed: int = 0,
-                    rating_members: list[str] | None = None) -> dict[str, float]:
-        """Learn ranking weights on ``valid`` (train items excluded), and rating weights by NNLS; returns weights."""
+                    rating_members: list[str] | None = None,
+                    relevance_threshold: float | None = None) -> dict[str, float]:
+        """Learn ranking weights on ``valid`` (train items excluded), and rating weights by NNLS; returns weights.
+
+        Ranking: a valid row is relevant when its rating is >= ``relevance_threshold`` (every row when None).
+        Rating weights are fitted on every valid row.
+        """
         start = time.perf_counter()
+        ratings_valid = valid
+        if relevance_threshold is not None:
+            valid = valid[valid["rating"] >= relevance_threshold]
         users = np.unique(valid["user_idx"].to_numpy())
         rng = np.random.default_rng(seed)
         if len(users) > max_users:
@@ -124,10 +135,10 @@ class FusedEnsemble:
         self.weights = {m: float(v) for m, v in zip(names, w)}
         rating_members = rating_members or [m for m in names if getattr(self.members[m], "rates", False)]
         if rating_members:
-            cols = np.stack([np.asarray(self.members[m].predict(valid["user_idx"].to_numpy(),
-                                                                valid["item_idx"].to_numpy()), dtype=np.float64)
-                             for m in rating_members], 1)
-            coef, _ = nnls(cols, valid["rating"].to_numpy(np.float64))
+            v = ratings_valid
+            cols = np.stack([np.asarray(self.members[m].predict(v["user_idx"].to_numpy(), v["item_idx"].to_numpy()),
+                                        dtype=np.float64) for m in rating_members], 1)
+            coef, _ = nnls(cols, v["rating"].to_numpy(np.float64))
             if coef.sum() <= 0:
                 coef = np.ones(len(rating_members))
             self.rating_weights = {m: float(c / coef.sum()) for m, c in zip(rating_members, coef)}

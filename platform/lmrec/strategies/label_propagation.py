@@ -139,6 +139,7 @@ class LabelPropagation:
         self.deviation_ = (opinion / (self.confidence_ + self.shrink)).astype(np.float32)
         self.confidence_ = self.confidence_.astype(np.float32)
         self.rated_ = mask.tocsr()
+        self.centred_ = centred.tocsr()
         self.rating_range_ = (float(r.data.min()), float(r.data.max()))
         self.user_seen_ = counts > 0
         return self
@@ -155,26 +156,33 @@ class LabelPropagation:
         ok, safe = known(np.asarray(user_idx), self.user_seen_)
         return (self.confidence_[safe] * ok[:, None]).astype(np.float32)
 
-    def cold_user_scores(self, item_idx: np.ndarray, ratings: np.ndarray | None = None) -> np.ndarray:
+    def cold_user_scores(self, item_idx: np.ndarray, ratings: np.ndarray | None = None,
+                         by: Literal["evidence", "rating"] = "evidence") -> np.ndarray:
         """Scores [n_items] for a new user known by a few items: one propagation step from their neighbours.
 
-        The new user is linked to the ``k`` warm users whose rated items overlap theirs most (cosine of binary
-        rows); their propagated evidence, weighted by similarity, is the new user's. ``ratings`` (optional)
-        drop items rated below the user's own mean from the profile, so disliked items do not attract.
+        The new user is linked to the ``k`` warm users most similar to them: cosine of the user's support ratings
+        (centred on the global mean, so a lone 5 still says "liked") with each warm user's centred ratings on
+        the same items, or plain overlap of rated items without ``ratings``. The similarity-weighted mean of the
+        neighbours' propagated rows becomes the new user's scores: ``evidence`` (what they consume, the signal
+        that ranks held-out items best) or ``rating`` (what they would rate it: mean + propagated deviation).
         """
         items = np.asarray(item_idx, dtype=np.int64)
-        if ratings is not None and len(items) > 1:
-            r = np.asarray(ratings, dtype=np.float64)
-            items = items[r >= r.mean()]
-        profile = np.zeros(self.rated_.shape[1], dtype=np.float32)
-        profile[items] = 1.0
-        counts = np.diff(self.rated_.indptr)
-        sims = (self.rated_ @ profile) / np.sqrt(np.maximum(counts, 1) * max(len(items), 1))
+        n_items = self.rated_.shape[1]
+        profile = np.zeros(n_items, dtype=np.float64)
+        if ratings is None:
+            profile[items] = 1.0
+            warm = self.rated_
+        else:
+            profile[items] = np.asarray(ratings, dtype=np.float64) - self.global_mean_
+            warm = self.centred_
+        norms = np.sqrt(np.asarray(warm[:, items].multiply(warm[:, items]).sum(1)).ravel())
+        sims = (warm @ profile) / np.maximum(norms * np.linalg.norm(profile), 1e-9)
         top = np.argsort(-sims)[: self.k]
         weights = np.clip(sims[top], 0, None)
+        table = self.confidence_ if by == "evidence" else self.user_mean_[:, None] + self.deviation_
         if weights.sum() <= 0:
-            return self.confidence_.mean(0)
-        return (weights @ self.confidence_[top] / weights.sum()).astype(np.float32)
+            return table.mean(0).astype(np.float32)
+        return (weights @ table[top] / weights.sum()).astype(np.float32)
 
     def targets(self, user_idx: np.ndarray, per_user: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Extra (user, item, rating target, confidence) for each user's ``per_user`` most-supported unrated items."""

@@ -132,13 +132,21 @@ def adapt(model: ColdStartModel, support: TaskBatch, steps: int, inner_lr: float
     vec, bias = vec.detach(), bias.detach()
     fast = (model.init_fast(len(support.items)) if start is None else start).detach().clone()
     seen = model.seen if click_weight > 0 else None
+    lr = inner_lr * step_scale(vec)
     for _ in range(steps):
         fast.requires_grad_(True)
         with torch.enable_grad():
             loss = task_losses(fast, support, vec, bias, model.global_mean, click_weight, l2, seen).sum()
             (grad,) = torch.autograd.grad(loss, fast)
-        fast = (fast - inner_lr * grad).detach()
+        fast = (fast - lr * grad).detach()
     return fast
+
+
+def step_scale(vec: torch.Tensor) -> float:
+    """1 / (1 + mean squared item-vector norm): the MSE loss's curvature in ``u`` grows with ||v||², so a fixed
+    step that suits one item side diverges on another. With this factor ``inner_lr`` means the same for a
+    meta-trained and a conventionally trained item side, and ~1 is a safe step for both."""
+    return float(1.0 / (1.0 + vec.detach().pow(2).sum(1).mean()))
 
 
 def meta_loss(model: ColdStartModel, support: TaskBatch, query: TaskBatch, algorithm: MetaAlgorithm, steps: int,

@@ -205,3 +205,52 @@ def adaptation_latency_ms(model: ColdStartModel, items: np.ndarray, ratings: np.
         if r:
             times.append((time.perf_counter() - start) * 1000)
     return {"median_ms": float(np.median(times)), "p95_ms": float(np.percentile(times, 95))}
+
+
+@dataclass
+class MetaRunResult:
+    """What ``run_meta_learning`` returns: the meta-trained model, per-epoch logs, cold-user metrics, timings."""
+
+    model: ColdStartModel
+    history: list[dict]
+    metrics: dict[str, float]
+    fit_seconds: float
+    encode_seconds: float
+
+
+def settings_from_spec(spec) -> MetaSettings:
+    """``MetaSettings`` from a ``TrainSpec`` whose strategy is meta_learning (epochs come from ``optim``)."""
+    s = spec.strategy
+    return MetaSettings(algorithm=s.algorithm, inner_steps=s.inner_steps, inner_lr=s.inner_lr,
+                        click_weight=s.click_weight, l2=s.l2, max_support=s.max_support, query_size=s.query_size,
+                        tasks_per_batch=s.tasks_per_batch, epochs=spec.optim.epochs, lr=s.lr, seed=spec.seed)
+
+
+def run_meta_learning(spec, data, device: str | torch.device = "cpu") -> MetaRunResult:
+    """The meta-learning job: encode item texts once (frozen encoder), meta-train on warm users, evaluate cold users.
+
+    Cold users are the users of ``data.test`` (a ``cold_start_users`` split): their train rows are their support
+    sets, earliest first, and they take no part in meta-training.
+    """
+    from lmrec.models.encoder import build_encoder, encode_all
+
+    start = time.perf_counter()
+    m = spec.model
+    encoder = build_encoder(m.encoder, m.pooling, m.encoder_init).to(device)
+    features = encode_all(encoder, torch.as_tensor(data.item_tokens), torch.as_tensor(data.item_lengths),
+                          spec.optim.encode_batch_size).cpu()
+    encode_seconds = time.perf_counter() - start
+    del encoder
+    cold = np.unique(data.test["user_idx"].to_numpy()) if data.test is not None else np.zeros(0, dtype=np.int64)
+    is_cold = data.train["user_idx"].isin(cold)
+    warm, support = data.train[~is_cold], data.train[is_cold]
+    seen = torch.zeros(data.n_items, dtype=torch.bool)
+    seen[torch.as_tensor(warm["item_idx"].to_numpy())] = True
+    model = ColdStartModel(features, spec.strategy.dim, float(warm["rating"].mean()), seen_items=seen)
+    settings = settings_from_spec(spec)
+    history = train_meta(model, warm, settings)
+    metrics: dict[str, float] = {}
+    if len(cold) and len(support):
+        metrics = evaluate_cold_users(model, support, data.test, data.n_items, tuple(spec.strategy.shots),
+                                      settings.inner_steps, settings.inner_lr, settings.click_weight, settings.l2)
+    return MetaRunResult(model, history, metrics, time.perf_counter() - start, encode_seconds)

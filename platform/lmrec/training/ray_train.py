@@ -247,38 +247,26 @@ def main_train(spec_path: str, overrides: dict | None = None, resume: bool = Tru
     """``lmrec train SPEC``: 0 on success, 2 for an invalid spec (nothing started), 1 when training failed."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
+    from lmrec.data.schema import DataError
+
     try:
         spec = load_spec(TrainSpec, spec_path, overrides)
         resolve_deepspeed_config(spec, spec_path)
     except SpecError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"lmrec train: error: {e}", file=sys.stderr)
         return 2
     from ray.train import TrainingFailedError
 
     try:
         result = train(spec, spec_path=spec_path, resume=resume)
-    except SpecError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (SpecError, DataError) as e:  # raised before the trainer starts (data, DeepSpeed JSON, fault env)
+        print(f"lmrec train: error: {e}", file=sys.stderr)
         return 2
     except TrainingFailedError as e:
-        print(f"error: training failed: {e}", file=sys.stderr)
+        print(f"lmrec train: error: training failed: {e}", file=sys.stderr)
         return 1
     print(json.dumps({"name": result.name, "run_path": result.run_path, "artifact": result.artifact_path,
                       "checkpoint": result.checkpoint_path, "best": result.best_metrics,
                       "epochs": len(result.history), "seconds": round(result.seconds, 1)}, default=float))
     return 0
 
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Train a job spec on Ray Train (same as `lmrec train`).")
-    parser.add_argument("spec")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--no-resume", dest="resume", action="store_false")
-    args = parser.parse_args()
-    try:
-        cli_overrides = parse_overrides(args.overrides)
-    except SpecError as err:
-        parser.exit(2, f"error: {err}\n")
-    sys.exit(main_train(args.spec, cli_overrides, args.resume))

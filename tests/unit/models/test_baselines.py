@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from sklearn.metrics.pairwise import cosine_similarity
 
 from lmrec.data.schema import DataError
@@ -23,6 +24,15 @@ from lmrec.models.baselines import (
     TfidfContent,
     make_baseline,
 )
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """BiasedMF's small steps run several times slower with 2 threads on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 N_GROUPS, USERS_PER_GROUP, ITEMS_PER_GROUP = 4, 30, 20
 N_USERS, N_ITEMS = N_GROUPS * USERS_PER_GROUP, N_GROUPS * ITEMS_PER_GROUP
@@ -133,9 +143,13 @@ def test_predictions_are_clamped_to_the_train_range(low_rank_ratings):
 
 def test_biased_mf_is_deterministic_given_a_seed(low_rank_ratings):
     train, _ = low_rank_ratings
-    a = BiasedMF(dim=8, epochs=20, seed=1).fit(train, 150, 120)
-    b = BiasedMF(dim=8, epochs=20, seed=1).fit(train, 150, 120)
-    c = BiasedMF(dim=8, epochs=20, seed=2).fit(train, 150, 120)
+    a = BiasedMF(dim=8, epochs=5, seed=1).fit(train, 150, 120)
+    torch.set_num_threads(2)  # multi-threaded backward passes must not change the result
+    try:
+        b = BiasedMF(dim=8, epochs=5, seed=1).fit(train, 150, 120)
+    finally:
+        torch.set_num_threads(1)
+    c = BiasedMF(dim=8, epochs=5, seed=2).fit(train, 150, 120)
     assert np.array_equal(a.score_items(np.arange(150)), b.score_items(np.arange(150)))
     assert not np.array_equal(a.item_factors_, c.item_factors_)
     mini = [BiasedMF(dim=8, epochs=3, batch_size=512, seed=5).fit(train, 150, 120) for _ in range(2)]

@@ -28,14 +28,14 @@ def test_kd_kl_is_zero_at_agreement_and_scaled_by_t_squared():
 
 def test_mf_student_learns_the_teachers_scores(synthetic_ratings):
     train = synthetic_ratings(n_users=50, n_items=30, per_user=12)
-    teacher_mf = BiasedMF(dim=8, epochs=150, l2=0.02).fit(train, 50, 30)
+    teacher_mf = BiasedMF(dim=8, epochs=60, lr=0.05, l2=0.02).fit(train, 50, 30)
     teacher = Teacher.from_recommender(teacher_mf, 50, 30)
     users = np.arange(50)
     items = np.tile(np.arange(30), 50)
     target = teacher_mf.predict(np.repeat(users, 30), items)
 
     def gap(lam):
-        student = DistilledMF(teacher, dim=8, lam=lam, epochs=40, batch_size=200, lr=0.03, seed=1)
+        student = DistilledMF(teacher, dim=8, lam=lam, epochs=25, batch_size=200, lr=0.03, seed=1)
         student.fit(train, 50, 30)
         return float(np.mean((student.predict(np.repeat(users, 30), items) - target) ** 2)), student
 

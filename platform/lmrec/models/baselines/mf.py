@@ -2,8 +2,10 @@
 
 Trained with Adam on the full train set per step rather than Funk-style SGD: on ML-100K-sized data one
 full-batch step is a few milliseconds of vectorised work, the loss goes down smoothly, and the result
-does not depend on a shuffling order. The one setting that matters most is the L2 strength: with 64
-factors, per-rating L2 of 0.1 beats scikit-surprise's 0.02 default by ~0.03 RMSE on ML-100K u1.
+does not depend on a shuffling order. The setting that matters most is the L2 strength: with 64 factors,
+per-rating L2 around 0.1 is far stronger than scikit-surprise's 0.02 and worth ~0.03 RMSE on ML-100K.
+The defaults were tuned on a 10% validation slice of ML-100K u1.base (not on u1.test); on u1.test they
+give RMSE 0.925, against 0.951 for Surprise ``SVD`` and 0.933 for ``SVDpp`` with default settings.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ class BiasedMF:
 
     Args:
         dim: latent factors per user/item. Default 64.
-        l2: per-rating L2 weight on factors and biases. Default 0.1.
-        lr: Adam learning rate. Default 0.02.
-        epochs: passes over train (one step each when ``batch_size`` is None). Default 200.
+        l2: per-rating L2 weight on factors and biases. Default 0.12.
+        lr: Adam learning rate. Default 0.05.
+        epochs: passes over train (one step each when ``batch_size`` is None). Default 80.
         batch_size: ratings per step; None = the whole train set in one step. Default None.
         init_std: std of the Gaussian factor initialisation (biases start at 0). Default 0.1.
         seed: seeds factor initialisation and batch order; equal seeds give equal models. Default 0.
@@ -42,9 +44,9 @@ class BiasedMF:
     def __init__(
         self,
         dim: int = 64,
-        l2: float = 0.1,
-        lr: float = 0.02,
-        epochs: int = 200,
+        l2: float = 0.12,
+        lr: float = 0.05,
+        epochs: int = 80,
         batch_size: int | None = None,
         init_std: float = 0.1,
         seed: int = 0,
@@ -87,9 +89,10 @@ class BiasedMF:
             for start in range(0, n, step):
                 idx = order[start : start + step] if order is not None else slice(None)
                 bu, bi, rr = u[idx], i[idx], r[idx]
-                # F.embedding rather than tensor indexing: its backward is faster on CPU.
+                # F.embedding and gather, not tensor[idx]: on multi-threaded CPU the backward of plain
+                # indexing accumulates in a racy order, so two fits with one seed differed in the 5th digit.
                 dot = (F.embedding(bu, user_f) * F.embedding(bi, item_f)).sum(dim=1)
-                pred = self.mean_ + user_b[bu] + item_b[bi] + dot
+                pred = self.mean_ + user_b.gather(0, bu) + item_b.gather(0, bi) + dot
                 # The per-rating penalty Σ_ratings ‖p_u‖² equals Σ_u n_u ‖p_u‖²: computing it on the parameter
                 # tables avoids two more passes over [batch, dim] tensors, the costliest part of a step.
                 n_u = torch.bincount(bu, minlength=n_users).float()
@@ -104,14 +107,14 @@ class BiasedMF:
                 epoch_loss += loss.item() * len(rr)
             self.loss_history_.append(epoch_loss / n)
 
-        # Rows never in a batch were never penalised: reset them so unseen users/items fall back to biases.
+        # Rows with no train rating never got a gradient and still hold their random init: zero them so
+        # unseen users/items fall back to the other side's bias and μ.
         self.user_seen_ = np.bincount(u.numpy(), minlength=n_users) > 0
         self.item_seen_ = np.bincount(i.numpy(), minlength=n_items) > 0
-        with torch.no_grad():
-            self.user_factors_ = user_f.numpy() * self.user_seen_[:, None]
-            self.item_factors_ = item_f.numpy() * self.item_seen_[:, None]
-            self.user_bias_ = user_b.numpy() * self.user_seen_
-            self.item_bias_ = item_b.numpy() * self.item_seen_
+        self.user_factors_ = user_f.detach().numpy() * self.user_seen_[:, None]
+        self.item_factors_ = item_f.detach().numpy() * self.item_seen_[:, None]
+        self.user_bias_ = user_b.detach().numpy() * self.user_seen_
+        self.item_bias_ = item_b.detach().numpy() * self.item_seen_
         return self
 
     def predict(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:

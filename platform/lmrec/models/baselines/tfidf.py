@@ -24,14 +24,16 @@ class TfidfContent:
     Weight of a rated item j in user u's profile: (r_uj − mean_u) + (1 if r_uj ≥ like_threshold), so
     items rated above the user's own average pull the profile towards their words, items below push it
     away, and a clear "like" counts even for a user who rates everything high. On ML-100K with
-    "Title (year). Genres: …" texts this reached cold-start NDCG@10 0.212 vs 0.060 for random.
+    "Title (year). Genres: …" texts, 20% of items held out of train and ranked among themselves, this
+    reaches NDCG@10 0.23 (mean of 3 item splits, 0.21–0.24) against 0.06 for a random ranking.
 
     Args:
         item_texts: one text per item index (``item_texts[i]`` describes item_idx i). Empty strings are
             allowed; those items score 0.
         like_threshold: rating from which an item counts as liked (the +1 above). Default 4.0 (5-star
             scale). For implicit data with every rating 1.0, set it to 1.0.
-        stop_words: passed to scikit-learn's ``TfidfVectorizer``. Default "english".
+        stop_words: passed to scikit-learn's ``TfidfVectorizer``. Default None (keep every word): on the
+            ML-100K set-up above, scikit-learn's "english" list lowered NDCG@10 from 0.23 to 0.19.
         ngram_range: word n-gram sizes. Default (1, 1).
         min_df: drop terms in fewer items than this. Default 1 (keep all: catalogues are small).
 
@@ -47,7 +49,7 @@ class TfidfContent:
         self,
         item_texts: list[str],
         like_threshold: float = 4.0,
-        stop_words: str | None = "english",
+        stop_words: str | None = None,
         ngram_range: tuple[int, int] = (1, 1),
         min_df: int = 1,
     ) -> None:
