@@ -1,0 +1,290 @@
+"""Transfer strategies side by side on ML-100K: accuracy and cost of each (docs/strategies.md has the recipes).
+
+Run: `.venv/bin/python benchmarks/strategies.py` with LMREC_DATA_DIR pointing at the datasets (≈20 min on a
+2-core CPU). Writes benchmarks/results/strategies.json (+ strategies.png); artifacts and the ensemble weights JSON
+go to runs/strategies/.
+
+Protocols:
+- warm (u1): RMSE on u1.test, NDCG@10 over all items (train and valid items excluded), relevant = test items;
+- cold-start items: 20% of items held out with all their ratings; rank only those items; relevant = rated;
+- cold-start users: 20% of users held out, each known by their earliest 10 ratings; at k = 1, 3, 5, 10 known
+  ratings, NDCG@10 over all items (all 10 support items excluded, so every k ranks the same candidates).
+Short runs on CPU: these compare strategies under one small budget, they are not tuned results. Fine-tuning rows
+train one epoch; frozen rows four. All rows share one frozen MiniLM encoding of the item texts where the encoder
+is the pretrained one (encoded once, passed to each run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import RESULTS, write_results  # noqa: E402
+
+from lmrec.config.base import load_spec  # noqa: E402
+from lmrec.config.train import TrainSpec  # noqa: E402
+from lmrec.data.registry import load_dataset  # noqa: E402
+from lmrec.data.splits import cold_start_users  # noqa: E402
+from lmrec.evaluation.evaluate import evaluate_ranking, evaluate_ratings  # noqa: E402
+from lmrec.strategies.scopes import count_parameters  # noqa: E402
+from lmrec.training.data import prepare_data  # noqa: E402
+from lmrec.training.local import train_local  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "runs" / "strategies"
+log = logging.getLogger("strategies")
+
+
+def spec_for(name: str, **overrides) -> TrainSpec:
+    """The strategy's job spec, shortened for the benchmark (dotted-key overrides)."""
+    base = {"optim.log_every_steps": 1000, "scaling.engine": "ddp", "early_stopping.patience": 10}
+    return load_spec(TrainSpec, ROOT / "jobs" / "strategies" / f"{name}.yaml", {**base, **overrides})
+
+
+def inference_ms(rec, n_users: int, repeats: int = 3) -> float:
+    """Milliseconds per user of ``score_items`` over the whole catalogue (batches of 256 users)."""
+    users = np.arange(min(256, n_users))
+    rec.score_items(users)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        rec.score_items(users)
+    return (time.perf_counter() - start) * 1000 / (repeats * len(users))
+
+
+def warm_metrics(rec, data) -> dict:
+    """u1 test: RMSE and NDCG@10 (train and valid items excluded)."""
+    out = {}
+    if getattr(rec, "rates", True):
+        out["rmse"] = evaluate_ratings(rec, data.test)["rmse"]
+    r = evaluate_ranking(rec, data.train, data.test, data.n_items, ks=(10,), exclude_df=data.valid)
+    out["ndcg@10"] = r["ndcg@10"]
+    return out
+
+
+def cold_item_metrics(rec, data) -> dict:
+    cand = np.intersect1d(data.cold_items, data.test["item_idx"].to_numpy())
+    r = evaluate_ranking(rec, data.train, data.test, data.n_items, ks=(10,), candidates=cand, exclude_df=data.valid)
+    return {"cold_item_ndcg@10": r["ndcg@10"]}
+
+
+def run_recipe(name: str, spec: TrainSpec, data, item_text: torch.Tensor | None, rows: list, artifact: bool = False):
+    """Train one strategy with the real recipe (train_local), evaluate, record accuracy and cost."""
+    log.info("== %s", name)
+    res = train_local(spec, data, device="cpu", item_text=item_text,
+                      artifact_dir=str(RUNS / name) if artifact else None)
+    rec = res.recommender()
+    model_count = count_parameters(res.recipe.model)
+    row = {"strategy": name, "protocol": "u1", **warm_metrics(rec, data),
+           "trainable_params": model_count.trainable,
+           "encoder_trainable_params": res.recipe.strategy.encoder_count.trainable,
+           "encoder_params": res.recipe.strategy.encoder_count.total,
+           "epochs": len(res.epochs), "train_s": res.fit_seconds, "inference_ms_per_user": inference_ms(rec, data.n_users)}
+    log.info("%s", row)
+    rows.append(row)
+    return res, rec
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="run only these rows (names as in the table)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.manual_seed(0)
+    want = (lambda n: True) if not args.only else (lambda n: n in args.only)
+    RUNS.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    rows: list[dict] = []
+    notes: dict = {}
+
+    # ---- shared setup: u1 data, one frozen encoding of every item text ----
+    frozen_spec = spec_for("frozen", **{"optim.epochs": 4})
+    data = prepare_data(frozen_spec)
+    t0 = time.perf_counter()
+    from lmrec.models.encoder import build_encoder, encode_all
+
+    encoder = build_encoder(frozen_spec.model.encoder)
+    item_text = encode_all(encoder, torch.as_tensor(data.item_tokens), torch.as_tensor(data.item_lengths), 256)
+    notes["frozen_encoding_s"] = time.perf_counter() - t0
+    del encoder
+
+    # ---- scopes ----
+    frozen_res, frozen_rec = run_recipe("frozen", frozen_spec, data, item_text, rows, artifact=True)
+    one_epoch = {"optim.epochs": 1, "optim.items_encoded_per_step": 16, "model.max_length": 32}
+    if want("lora"):
+        run_recipe("lora", spec_for("lora", **one_epoch), data, item_text, rows)
+    if want("full"):
+        run_recipe("full", spec_for("full", **one_epoch), data, item_text, rows)
+    if want("progressive_unfreezing"):
+        # per-step stages so one epoch (≈76 steps) walks down the whole encoder
+        run_recipe("progressive_unfreezing", spec_for("progressive_unfreezing", **one_epoch, **{
+            "strategy.unit": "step", "strategy.every": 12}), data, item_text, rows)
+    if want("layer_sharing"):
+        run_recipe("layer_sharing", spec_for("layer_sharing", **one_epoch), data, None, rows)
+    # ---- sampling / extra targets (frozen encoder, same budget as the frozen row) ----
+    if want("curriculum"):
+        run_recipe("curriculum", spec_for("curriculum", **{"optim.epochs": 4}), data, item_text, rows)
+    if want("label_propagation"):
+        run_recipe("label_propagation", spec_for("label_propagation", **{"optim.epochs": 4}), data, item_text, rows)
+    # ---- distillation: teacher = the frozen run's artifact ----
+    teacher_dir = str(RUNS / "frozen")
+    if want("distillation"):
+        run_recipe("distillation", spec_for("distillation", **{
+            "optim.epochs": 4, "optim.lr_encoder": 0.0, "optim.items_encoded_per_step": 0,
+            "strategy.teacher_artifact": teacher_dir, "strategy.student_layers": 3}), data, None, rows)
+
+    # ---- classic students and members (no encoder) ----
+    from lmrec.models.baselines.ease import EASE
+    from lmrec.models.baselines.mf import BiasedMF
+    from lmrec.strategies.distillation import DistilledMF, Teacher
+    from lmrec.strategies.label_propagation import LabelPropagation
+
+    def plain(name, model, fit_s):
+        row = {"strategy": name, "protocol": "u1", **warm_metrics(model, data),
+               "train_s": fit_s, "inference_ms_per_user": inference_ms(model, data.n_users)}
+        if hasattr(model, "user_factors_"):
+            row["trainable_params"] = int(model.user_factors_.size + model.item_factors_.size
+                                          + model.user_bias_.size + model.item_bias_.size)
+        rows.append(row)
+        log.info("%s", row)
+        return model
+
+    t0 = time.perf_counter()
+    mf = plain("mf (no teacher)", BiasedMF(dim=64, l2=0.1).fit(data.train, data.n_users, data.n_items),
+               time.perf_counter() - t0)
+    if want("distillation"):
+        teacher = Teacher.from_artifact(teacher_dir)
+        t0 = time.perf_counter()
+        student = DistilledMF(teacher, dim=64, l2=0.05, lam=1.0, epochs=20, batch_size=4096)
+        student.fit(data.train, data.n_users, data.n_items)
+        plain("distillation: mf student", student, time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    lp = LabelPropagation(k=30, alpha=0.8).fit(data.train, data.n_users, data.n_items)
+    plain("label_propagation (recommender)", lp, time.perf_counter() - t0)
+
+    # ---- fused ensemble: weights learned on valid, evaluated on test ----
+    if want("ensemble"):
+        from lmrec.strategies.ensemble import FusedEnsemble
+
+        t0 = time.perf_counter()
+        ease = EASE(l2=250.0).fit(data.train, data.n_users, data.n_items)
+        ens = FusedEnsemble({"two_tower": frozen_rec, "mf": mf, "ease": ease})
+        weights = ens.fit_weights(data.train, data.valid, data.n_items, rating_members=["two_tower", "mf"])
+        fit_s = time.perf_counter() - t0
+        path = ens.save_weights(RUNS / "ensemble_weights.json", artifacts={"two_tower": teacher_dir},
+                                metrics=warm_metrics(ens, data))
+        notes["ensemble_weights"] = {"ranking": weights, "rating": ens.rating_weights, "file": str(path.relative_to(ROOT))}
+        plain("ensemble (two_tower+mf+ease)", ens, fit_s)
+
+    # ---- cold-start items: frozen two-tower (+ curriculum) on a cold-item split ----
+    if want("cold_items"):
+        ci_spec = spec_for("frozen", **{"optim.epochs": 4, "data.split": {"kind": "cold_start_items", "item_frac": 0.2,
+                                                                           "seed": 0}, "data.valid_from_train": 0.05,
+                                         "early_stopping.metric": "val_ndcg@10", "early_stopping.mode": "max"})
+        ci_data = prepare_data(ci_spec)
+        for name, strategy in (("frozen", {"name": "frozen"}),
+                               ("curriculum", {"name": "curriculum", "difficulty": "item_popularity"})):
+            run_spec = TrainSpec.model_validate({**ci_spec.model_dump(), "strategy": strategy})
+            res = train_local(run_spec, ci_data, device="cpu", item_text=item_text)
+            rows.append({"strategy": name, "protocol": "cold_items", **cold_item_metrics(res.recommender(), ci_data),
+                         "train_s": res.fit_seconds})
+            log.info("%s", rows[-1])
+
+    # ---- cold-start users: meta-learning vs the same model trained conventionally ----
+    if want("meta_learning"):
+        rows.extend(cold_user_rows(item_text, notes))
+
+    notes["total_s"] = time.perf_counter() - started
+    write_results("strategies", {"rows": rows, "notes": notes})
+    plot(rows)
+
+
+def cold_user_rows(item_text: torch.Tensor, notes: dict) -> list[dict]:
+    """k-shot cold-user NDCG@10 / RMSE: FOMAML init + adaptation vs conventional training + the same adaptation,
+    and label propagation's neighbour scores; adaptation latency for k = 10."""
+    from lmrec.strategies.label_propagation import LabelPropagation
+    from lmrec.strategies.meta_learning import ColdStartModel
+    from lmrec.strategies.meta_loop import (
+        MetaSettings, adaptation_latency_ms, evaluate_cold_users, support_by_user, train_meta, train_standard,
+    )
+    from lmrec.evaluation.metrics import ranking_metrics
+
+    ds = load_dataset("ml-100k")
+    split = cold_start_users(ds.interactions, user_frac=0.2, k_support=10, seed=0)
+    warm = split.train_without_support()
+    seen = torch.zeros(ds.n_items, dtype=torch.bool)
+    seen[torch.as_tensor(warm["item_idx"].to_numpy(copy=True))] = True
+    settings = MetaSettings(epochs=10)
+    out = []
+    for name, trainer in (("meta_learning (fomaml)", train_meta), ("no meta-learning (same model)", train_standard)):
+        model = ColdStartModel(item_text, 64, float(warm["rating"].mean()), seen_items=seen)
+        t0 = time.perf_counter()
+        trainer(model, warm, settings)
+        fit_s = time.perf_counter() - t0
+        m = evaluate_cold_users(model, split.support, split.test, ds.n_items, (1, 3, 5, 10), settings.inner_steps,
+                                settings.inner_lr, settings.click_weight, settings.l2)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        sup = support_by_user(split.support)
+        first = sorted(sup)[0]
+        lat = adaptation_latency_ms(model, sup[first][0][:10], sup[first][1][:10], settings.inner_steps,
+                                    settings.inner_lr, settings.click_weight, settings.l2)
+        torch.set_num_threads(threads)
+        out.append({"strategy": name, "protocol": "cold_users", **m, "train_s": fit_s,
+                    "trainable_params": count_parameters(model).trainable,
+                    "adapt_ms_k10_median": lat["median_ms"], "adapt_ms_k10_p95": lat["p95_ms"]})
+        log.info("%s", out[-1])
+    # label propagation: the cold user is linked to warm users by their k ratings
+    lp = LabelPropagation(k=30, alpha=0.8).fit(warm, ds.n_users, ds.n_items)
+    sup = support_by_user(split.support)
+    users = np.array(sorted(set(sup) & set(split.test["user_idx"].unique())))
+    rel = np.zeros((len(users), ds.n_items), dtype=bool)
+    exc = np.zeros_like(rel)
+    pos = {u: r for r, u in enumerate(users)}
+    t = split.test[split.test["user_idx"].isin(users)]
+    rel[t["user_idx"].map(pos).to_numpy(), t["item_idx"].to_numpy()] = True
+    for u in users:
+        exc[pos[u], sup[u][0]] = True
+    row = {"strategy": "label_propagation (cold users)", "protocol": "cold_users"}
+    for k in (1, 3, 5, 10):
+        scores = np.stack([lp.cold_user_scores(sup[u][0][:k], sup[u][1][:k]) for u in users])
+        row[f"ndcg@10_k{k}"] = ranking_metrics(scores, rel, exc, ks=(10,))["ndcg@10"]
+    out.append(row)
+    log.info("%s", row)
+    notes["cold_users"] = {"users": int(len(users)), "k_support": 10}
+    return out
+
+
+def plot(rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    warm = [r for r in rows if r["protocol"] == "u1"]
+    cold = [r for r in rows if r["protocol"] == "cold_users" and "ndcg@10_k1" in r]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    names = [r["strategy"] for r in warm]
+    axes[0].barh(names, [r.get("rmse", np.nan) for r in warm], color="#4c72b0")
+    axes[0].set_xlim(0.85, max(r.get("rmse", 0.9) for r in warm) + 0.03)
+    axes[0].set_title("ML-100K u1: RMSE (lower is better)")
+    axes[1].barh(names, [r["ndcg@10"] for r in warm], color="#55a868")
+    axes[1].set_title("u1: NDCG@10 (higher is better)")
+    for r in cold:
+        ks = [1, 3, 5, 10]
+        axes[2].plot(ks, [r[f"ndcg@10_k{k}"] for k in ks], marker="o", label=r["strategy"])
+    axes[2].set_xlabel("known ratings of the new user (k)")
+    axes[2].set_title("cold-start users: NDCG@10")
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "strategies.png", dpi=110)
+
+
+if __name__ == "__main__":
+    main()
