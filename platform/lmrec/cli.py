@@ -71,6 +71,24 @@ def _cmd_data_canonical(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from lmrec.config.base import SpecError
+    from lmrec.training.ray_train import main_train, parse_overrides
+
+    try:
+        overrides = parse_overrides(args.set or [])
+    except SpecError as e:
+        print(f"lmrec train: error: {e}", file=sys.stderr)
+        return 2
+    return main_train(args.spec, overrides, resume=not args.no_resume)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from lmrec.serving.cli import main_serve
+
+    return main_serve(args.config, address=args.address, detach=args.detach)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lmrec import __version__
     from lmrec.experiments import SPLIT_NAMES
@@ -98,6 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--seed", type=int, default=42)
     bl.add_argument("--out", help="metrics JSON path (default runs/baselines-<dataset>-<split>.json)")
     bl.set_defaults(func=_cmd_baselines)
+
+    tr = sub.add_parser("train", help="train a job spec on Ray Train (local Ray unless RAY_ADDRESS / a cluster)")
+    tr.add_argument("spec", help="jobs/<name>.yaml")
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a dotted spec key (repeatable)")
+    tr.add_argument("--no-resume", action="store_true", help="start fresh even if the run has checkpoints")
+    tr.set_defaults(func=_cmd_train)
+
+    sv = sub.add_parser("serve", help="run a Serve config locally (on a cluster: serve deploy <file>)")
+    sv.add_argument("config", help="serve/<app>.yaml")
+    sv.add_argument("--address", default=None, help="join a running Ray cluster (e.g. auto)")
+    sv.add_argument("--detach", action="store_true", help="return once running (needs an outside Ray cluster)")
+    sv.set_defaults(func=_cmd_serve)
 
     dm = sub.add_parser("demo", help="the main job on the embedded default (local Ray, default encoder, MovieLens)")
     dm.add_argument("--out", default="demo-report", help="report folder")

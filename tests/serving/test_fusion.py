@@ -82,7 +82,8 @@ def bare(serving_artifacts):
     import uvicorn
 
     from lmrec.serving.app import build_bare_app
-        app = build_bare_app({"two_tower_artifact": str(serving_artifacts["v1"]),
+
+    app = build_bare_app({"two_tower_artifact": str(serving_artifacts["v1"]),
                           "mf_artifact": str(serving_artifacts["mf"]), "max_body_bytes": 4096})
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

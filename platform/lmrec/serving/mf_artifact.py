@@ -140,39 +140,26 @@ def train_mf_artifact(
     data,
     directory: str | Path,
     *,
-    factors: int = 32,
-    epochs: int = 30,
-    lr: float = 0.01,
-    reg: float = 0.05,
+    factors: int = 64,
+    epochs: int = 80,
+    lr: float = 0.05,
+    reg: float = 0.12,
     seed: int = 0,
     name: str = "biased-mf",
 ) -> Path:
-    """Fit scikit-surprise's biased SVD on ``data.train`` (a ``PreparedData``) and export it as an MF artifact.
+    """Fit lmrec's ``BiasedMF`` on ``data.train`` (a ``PreparedData``) and export it as an MF artifact.
 
     Using the two-tower run's own ``PreparedData`` gives both members the same split and id maps.
     """
-    from surprise import SVD, Reader
-    from surprise import Dataset as SurpriseDataset
+    from lmrec.models.baselines import BiasedMF
 
     train = data.train
-    lo, hi = float(train["rating"].min()), float(train["rating"].max())
-    frame = train[["user_idx", "item_idx", "rating"]]
-    trainset = SurpriseDataset.load_from_df(frame, Reader(rating_scale=(lo, hi))).build_full_trainset()
-    algo = SVD(n_factors=factors, n_epochs=epochs, lr_all=lr, reg_all=reg, random_state=seed).fit(trainset)
-    # surprise numbers users/items in order of appearance; scatter its rows back to lmrec indices
-    pu = np.zeros((data.n_users, factors), np.float32)
-    qi = np.zeros((data.n_items, factors), np.float32)
-    bu = np.zeros(data.n_users, np.float32)
-    bi = np.zeros(data.n_items, np.float32)
-    for inner in trainset.all_users():
-        u = int(trainset.to_raw_uid(inner))
-        pu[u], bu[u] = algo.pu[inner], algo.bu[inner]
-    for inner in trainset.all_items():
-        i = int(trainset.to_raw_iid(inner))
-        qi[i], bi[i] = algo.qi[inner], algo.bi[inner]
+    mf = BiasedMF(dim=factors, l2=reg, lr=lr, epochs=epochs, seed=seed).fit(train, data.n_users, data.n_items)
     return save_mf_artifact(
-        directory, global_mean=trainset.global_mean, user_bias=bu, item_bias=bi, user_factors=pu,
-        item_factors=qi, train=train, user_ids=data.user_ids, item_ids=data.item_ids, item_texts=data.item_texts,
-        name=name, params={"factors": factors, "epochs": epochs, "lr": lr, "reg": reg, "seed": seed},
+        directory, global_mean=mf.mean_, user_bias=mf.user_bias_.astype(np.float32),
+        item_bias=mf.item_bias_.astype(np.float32), user_factors=mf.user_factors_.astype(np.float32),
+        item_factors=mf.item_factors_.astype(np.float32), train=train, user_ids=data.user_ids,
+        item_ids=data.item_ids, item_texts=data.item_texts,
+        name=name, params={"factors": factors, "epochs": epochs, "lr": lr, "l2": reg, "seed": seed},
         fingerprint=data.fingerprint,
     )

@@ -106,10 +106,10 @@ def train_loop_per_worker(config: dict) -> dict | None:
     _setup_logging()
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
-    workdir = tempfile.mkdtemp(prefix="lmrec-worker-")
-    spec = _materialise_spec(config, workdir)
     data = ray.get(config["data_ref"])
-    recipe = TwoTowerRecipe(spec, data, device=ray.train.torch.get_device(), world_size=world_size, rank=rank)
+    with tempfile.TemporaryDirectory(prefix="lmrec-worker-") as workdir:  # DeepSpeed reads its JSON at init
+        spec = _materialise_spec(config, workdir)
+        recipe = TwoTowerRecipe(spec, data, device=ray.train.torch.get_device(), world_size=world_size, rank=rank)
 
     start_epoch, history = 0, []
     checkpoint = ray.train.get_checkpoint()
@@ -126,6 +126,11 @@ def train_loop_per_worker(config: dict) -> dict | None:
     metric = spec.early_stopping.metric
     last: dict = history[-1] if history else {}
     for epoch in range(start_epoch, epochs):
+        # checked before the epoch too: a resumed run may have stopped early already
+        if recipe.should_stop:
+            log.info("early stopping before epoch %d: %s has not improved for %d epochs",
+                     epoch + 1, metric, recipe.bad_epochs)
+            break
         batches = shard.iter_batches(
             batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=config["shuffle_buffer"],
             local_shuffle_seed=spec.seed * 100_003 + epoch * 101 + rank,
@@ -148,10 +153,6 @@ def train_loop_per_worker(config: dict) -> dict | None:
                 checkpoint=Checkpoint.from_directory(tmp) if os.listdir(tmp) else None,
                 checkpoint_dir_name=f"epoch_{epoch:04d}",
             )
-        if recipe.should_stop:
-            log.info("early stopping after epoch %d: %s has not improved for %d epochs",
-                     epoch + 1, metric, recipe.bad_epochs)
-            break
 
     export_metrics = last
     best_epoch = recipe.best_epoch

@@ -54,3 +54,12 @@ def tiny_encoder():
 def synthetic_ratings():
     """Factory: ``synthetic_ratings(n_users, n_items, per_user, dim, seed) -> DataFrame``."""
     return _synthetic_ratings
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """These tests move tiny tensors: one thread avoids thread hand-off costs that dominate on a shared 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
