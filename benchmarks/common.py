@@ -33,6 +33,8 @@ def machine() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
+        # other work on the machine inflates wall-clock figures; ratios measured in one run stay comparable
+        "load_average_1m_at_write": round(os.getloadavg()[0], 2),
     }
 
 
