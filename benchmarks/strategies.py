@@ -17,9 +17,8 @@ is the pretrained one (encoded once, passed to each run).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -91,59 +90,50 @@ def run_recipe(name: str, spec: TrainSpec, data, item_text: torch.Tensor | None,
     return res, rec
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", help="run only these rows (names as in the table)")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    torch.manual_seed(0)
-    want = (lambda n: True) if not args.only else (lambda n: n in args.only)
-    RUNS.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    rows: list[dict] = []
-    notes: dict = {}
+def item_text_cache(data) -> Path:
+    return RUNS / f"item_text_{data.fingerprint}.pt"
 
-    # ---- shared setup: u1 data, one frozen encoding of every item text ----
-    frozen_spec = spec_for("frozen", **{"optim.epochs": 4})
-    data = prepare_data(frozen_spec)
-    t0 = time.perf_counter()
+
+def shared_item_text(data) -> tuple[torch.Tensor, float]:
+    """One frozen MiniLM encoding of every item text, cached under runs/strategies/ (all phases reuse it)."""
     from lmrec.models.encoder import build_encoder, encode_all
 
-    encoder = build_encoder(frozen_spec.model.encoder)
-    item_text = encode_all(encoder, torch.as_tensor(data.item_tokens), torch.as_tensor(data.item_lengths), 256)
-    notes["frozen_encoding_s"] = time.perf_counter() - t0
-    del encoder
+    path = item_text_cache(data)
+    if path.exists():
+        return torch.load(path, weights_only=True), 0.0
+    t0 = time.perf_counter()
+    encoder = build_encoder("default")
+    text = encode_all(encoder, torch.as_tensor(data.item_tokens), torch.as_tensor(data.item_lengths), 256)
+    seconds = time.perf_counter() - t0
+    torch.save(text, path)
+    return text, seconds
 
-    # ---- scopes ----
-    frozen_res, frozen_rec = run_recipe("frozen", frozen_spec, data, item_text, rows, artifact=True)
-    one_epoch = {"optim.epochs": 1, "optim.items_encoded_per_step": 16, "model.max_length": 32}
-    if want("lora"):
-        run_recipe("lora", spec_for("lora", **one_epoch), data, item_text, rows)
-    if want("full"):
-        run_recipe("full", spec_for("full", **one_epoch), data, item_text, rows)
-    if want("progressive_unfreezing"):
-        # per-step stages so one epoch (≈76 steps) walks down the whole encoder
-        run_recipe("progressive_unfreezing", spec_for("progressive_unfreezing", **one_epoch, **{
-            "strategy.unit": "step", "strategy.every": 12}), data, item_text, rows)
-    if want("layer_sharing"):
-        run_recipe("layer_sharing", spec_for("layer_sharing", **one_epoch), data, None, rows)
-    # ---- sampling / extra targets (frozen encoder, same budget as the frozen row) ----
-    if want("curriculum"):
-        run_recipe("curriculum", spec_for("curriculum", **{"optim.epochs": 4}), data, item_text, rows)
-    if want("label_propagation"):
-        run_recipe("label_propagation", spec_for("label_propagation", **{"optim.epochs": 4}), data, item_text, rows)
-    # ---- distillation: teacher = the frozen run's artifact ----
-    teacher_dir = str(RUNS / "frozen")
-    if want("distillation"):
-        run_recipe("distillation", spec_for("distillation", **{
-            "optim.epochs": 4, "optim.lr_encoder": 0.0, "optim.items_encoded_per_step": 0,
-            "strategy.teacher_artifact": teacher_dir, "strategy.student_layers": 3}), data, None, rows)
 
-    # ---- classic students and members (no encoder) ----
+def components_phase(data, rows: list, notes: dict, want) -> None:
+    """Rows that need no strategy wiring in the recipe: the frozen teacher, MF students, label propagation as a
+    recommender, the fused ensemble, cold-start users (meta-learning)."""
     from lmrec.models.baselines.ease import EASE
     from lmrec.models.baselines.mf import BiasedMF
     from lmrec.strategies.distillation import DistilledMF, Teacher
     from lmrec.strategies.label_propagation import LabelPropagation
+
+    teacher_dir = RUNS / "frozen"
+    # the frozen two-tower (the teacher and an ensemble member): the multitask job with the encoder frozen
+    spec = load_spec(TrainSpec, ROOT / "jobs" / "ml100k-minilm-multitask.yaml", {
+        "optim.epochs": 4, "optim.lr_encoder": 0.0, "optim.items_encoded_per_step": 0, "optim.log_every_steps": 1000,
+        "scaling.engine": "ddp", "early_stopping.patience": 10, "name": "frozen-teacher"})
+    t0 = time.perf_counter()
+    res = train_local(spec, data, device="cpu", artifact_dir=str(teacher_dir))
+    two_tower = res.recommender()
+    count = count_parameters(res.recipe.model)
+    enc = count_parameters(res.recipe.model.encoder)
+    rows.append({"strategy": "frozen (teacher)", "protocol": "u1", **warm_metrics(two_tower, data),
+                 "trainable_params": count.trainable, "encoder_trainable_params": enc.trainable,
+                 "encoder_params": enc.total, "epochs": len(res.epochs), "train_s": time.perf_counter() - t0,
+                 "inference_ms_per_user": inference_ms(two_tower, data.n_users)})
+    log.info("%s", rows[-1])
+    item_text = res.recipe.model.item_text.detach().clone()  # the frozen encoding every later row reuses
+    torch.save(item_text, item_text_cache(data))
 
     def plain(name, model, fit_s):
         row = {"strategy": name, "protocol": "u1", **warm_metrics(model, data),
@@ -158,34 +148,57 @@ def main() -> None:
     t0 = time.perf_counter()
     mf = plain("mf (no teacher)", BiasedMF(dim=64, l2=0.1).fit(data.train, data.n_users, data.n_items),
                time.perf_counter() - t0)
-    if want("distillation"):
-        teacher = Teacher.from_artifact(teacher_dir)
-        t0 = time.perf_counter()
-        student = DistilledMF(teacher, dim=64, l2=0.05, lam=1.0, epochs=20, batch_size=4096)
-        student.fit(data.train, data.n_users, data.n_items)
-        plain("distillation: mf student", student, time.perf_counter() - t0)
+    teacher = Teacher.from_artifact(teacher_dir)
+    t0 = time.perf_counter()
+    student = DistilledMF(teacher, dim=64, l2=0.05, lam=1.0, epochs=20, batch_size=4096)
+    plain("distillation: mf student", student.fit(data.train, data.n_users, data.n_items), time.perf_counter() - t0)
     t0 = time.perf_counter()
     lp = LabelPropagation(k=30, alpha=0.8).fit(data.train, data.n_users, data.n_items)
     plain("label_propagation (recommender)", lp, time.perf_counter() - t0)
+    notes["label_propagation_iterations"] = lp.iterations_
 
-    # ---- fused ensemble: weights learned on valid, evaluated on test ----
-    if want("ensemble"):
-        from lmrec.strategies.ensemble import FusedEnsemble
+    from lmrec.strategies.ensemble import FusedEnsemble
 
-        t0 = time.perf_counter()
-        ease = EASE(l2=250.0).fit(data.train, data.n_users, data.n_items)
-        ens = FusedEnsemble({"two_tower": frozen_rec, "mf": mf, "ease": ease})
-        weights = ens.fit_weights(data.train, data.valid, data.n_items, rating_members=["two_tower", "mf"])
-        fit_s = time.perf_counter() - t0
-        path = ens.save_weights(RUNS / "ensemble_weights.json", artifacts={"two_tower": teacher_dir},
-                                metrics=warm_metrics(ens, data))
-        notes["ensemble_weights"] = {"ranking": weights, "rating": ens.rating_weights, "file": str(path.relative_to(ROOT))}
-        plain("ensemble (two_tower+mf+ease)", ens, fit_s)
+    t0 = time.perf_counter()
+    ease = EASE(l2=250.0).fit(data.train, data.n_users, data.n_items)
+    ens = FusedEnsemble({"two_tower": two_tower, "mf": mf, "ease": ease})
+    weights = ens.fit_weights(data.train, data.valid, data.n_items, rating_members=["two_tower", "mf"])
+    fit_s = time.perf_counter() - t0
+    for name, member in (("ease (member)", ease),):
+        plain(name, member, 0.0)
+    plain("ensemble (two_tower+mf+ease)", ens, fit_s)
+    path = ens.save_weights(RUNS / "ensemble_weights.json", artifacts={"two_tower": str(teacher_dir)},
+                            metrics={k: v for k, v in rows[-1].items() if k in ("rmse", "ndcg@10")})
+    notes["ensemble_weights"] = {"ranking": weights, "rating": ens.rating_weights,
+                                 "file": str(path.relative_to(ROOT))}
+    if want("meta_learning"):
+        rows.extend(cold_user_rows(item_text, notes))
 
-    # ---- cold-start items: frozen two-tower (+ curriculum) on a cold-item split ----
+
+def recipe_phase(data, item_text, rows: list, notes: dict, want) -> None:
+    """Strategies wired into the two-tower recipe (TrainSpec ``strategy``), each from its job spec, shortened."""
+    teacher_dir = str(RUNS / "frozen")
+    one_epoch = {"optim.epochs": 1, "optim.items_encoded_per_step": 16}
+    runs = [
+        ("frozen", spec_for("frozen", **{"optim.epochs": 4}), item_text),
+        ("lora", spec_for("lora", **one_epoch), item_text),
+        ("full", spec_for("full", **one_epoch), item_text),
+        # per-step stages so one epoch (≈76 steps) walks down the whole encoder
+        ("progressive_unfreezing", spec_for("progressive_unfreezing", **one_epoch,
+                                            **{"strategy.unit": "step", "strategy.every": 12}), item_text),
+        ("layer_sharing", spec_for("layer_sharing", **one_epoch), None),
+        ("curriculum", spec_for("curriculum", **{"optim.epochs": 4}), item_text),
+        ("label_propagation", spec_for("label_propagation", **{"optim.epochs": 4}), item_text),
+        ("distillation", spec_for("distillation", **{
+            "optim.epochs": 4, "optim.lr_encoder": 0.0, "optim.items_encoded_per_step": 0,
+            "strategy.teacher_artifact": teacher_dir, "strategy.student_layers": 3}), None),
+    ]
+    for name, spec, text in runs:
+        if want(name):
+            run_recipe(name, spec, data, text, rows)
     if want("cold_items"):
         ci_spec = spec_for("frozen", **{"optim.epochs": 4, "data.split": {"kind": "cold_start_items", "item_frac": 0.2,
-                                                                           "seed": 0}, "data.valid_from_train": 0.05,
+                                                                           "seed": 0},
                                          "early_stopping.metric": "val_ndcg@10", "early_stopping.mode": "max"})
         ci_data = prepare_data(ci_spec)
         for name, strategy in (("frozen", {"name": "frozen"}),
@@ -196,13 +209,37 @@ def main() -> None:
                          "train_s": res.fit_seconds})
             log.info("%s", rows[-1])
 
-    # ---- cold-start users: meta-learning vs the same model trained conventionally ----
-    if want("meta_learning"):
-        rows.extend(cold_user_rows(item_text, notes))
 
-    notes["total_s"] = time.perf_counter() - started
-    write_results("strategies", {"rows": rows, "notes": notes})
-    plot(rows)
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--phase", choices=["components", "recipe", "all"], default="all",
+                        help="components: rows that need no recipe wiring; recipe: TrainSpec strategies")
+    parser.add_argument("--only", nargs="*", help="run only these rows (names as in the table)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.manual_seed(0)
+    want = (lambda n: True) if not args.only else (lambda n: n in args.only)
+    RUNS.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    previous = RESULTS / "strategies.json"
+    doc = json.loads(previous.read_text()) if previous.exists() else {"rows": [], "notes": {}}
+    rows: list[dict] = []
+    notes: dict = dict(doc.get("notes", {}))
+    base = load_spec(TrainSpec, ROOT / "jobs" / "ml100k-minilm-multitask.yaml")
+    data = prepare_data(base)
+    if args.phase in ("components", "all"):
+        components_phase(data, rows, notes, want)
+    if args.phase in ("recipe", "all"):
+        item_text, seconds = shared_item_text(data)
+        if seconds:
+            notes["frozen_encoding_s"] = seconds
+        recipe_phase(data, item_text, rows, notes, want)
+    notes[f"{args.phase}_phase_s"] = time.perf_counter() - started
+    # rows of the other phase (or of rows not re-run) are kept; re-run rows replace their old version
+    fresh = {(r["strategy"], r["protocol"]) for r in rows}
+    kept = [r for r in doc.get("rows", []) if (r["strategy"], r["protocol"]) not in fresh]
+    write_results("strategies", {"rows": kept + rows, "notes": notes})
+    plot(kept + rows)
 
 
 def cold_user_rows(item_text: torch.Tensor, notes: dict) -> list[dict]:
