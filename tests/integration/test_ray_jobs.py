@@ -35,7 +35,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    """(JobSubmissionClient, storage dir) of a 2-CPU head node started for this module."""
+    """(JobSubmissionClient, storage dir, env) of a 2-CPU head node started for this module."""
     from ray.job_submission import JobSubmissionClient
 
     data_dir = Path(os.environ.get("LMREC_DATA_DIR", REPO.parent / "shared" / "data"))
@@ -68,7 +68,7 @@ def ray_cluster(tmp_path_factory):
     finally:
         head.send_signal(signal.SIGTERM)  # `ray start --block` tears down its own processes on SIGTERM
         try:
-            head.wait(timeout=20)
+            head.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         log.close()

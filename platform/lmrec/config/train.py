@@ -45,11 +45,15 @@ class ModelSpec(StrictModel):
     user_tower: Literal["mean", "attention"] = Field("mean", description="Pooling over the user's history items.")
     user_text: bool = Field(False, description="Add a projection of the encoded user text to the user tower.")
     max_history: int = Field(256, ge=1, description="Most recent history items pooled per user.")
+    rating_user: Literal["id", "tower"] = Field(
+        "id", description="User factor of the rating head: ID (+ user text) part only, or the whole user tower."
+    )
 
 
 class RatingTaskSpec(StrictModel):
     weight: float = Field(1.0, ge=0, description="Weight of the rating MSE in the total loss (0 = off).")
-    l2: float = Field(0.05, ge=0, description="L2 on the ID embeddings and biases touched by each batch.")
+    l2: float = Field(0.12, ge=0, description="Per-rating L2 on the user/item vectors and biases the head uses.")
+    id_l2: float = Field(0.06, ge=0, description="Extra per-rating L2 on the item-ID rows (text part is the prior).")
 
 
 class ClickTaskSpec(StrictModel):

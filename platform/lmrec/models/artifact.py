@@ -61,6 +61,7 @@ def model_args(model: TwoTowerModel) -> dict:
         "user_text": bool(model.user_text.shape[0]),
         "max_history": model.max_history,
         "ranking_head": model.ranking_head,
+        "rating_user": model.rating_user,
         "pooling": model.encoder.pooling,
     }
 
@@ -105,15 +106,20 @@ def save_artifact(
     return root
 
 
-def verify_artifact(directory: str | Path) -> dict:
-    """Return the manifest after checking the format and the sha256 of every file; raise ``ArtifactError``."""
+def verify_artifact(directory: str | Path, expected_format: str = FORMAT) -> dict:
+    """Return the manifest after checking the format and the sha256 of every file; raise ``ArtifactError``.
+
+    Shared by every artifact kind (two-tower, MF): ``expected_format`` names the kind.
+    """
     root = Path(directory)
     try:
         manifest = json.loads((root / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ArtifactError(f"{root}: unreadable {MANIFEST} ({e})") from None
-    if manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{root}: unknown artifact format {manifest.get('format')!r} (expected {FORMAT})")
+    if manifest.get("format") != expected_format:
+        raise ArtifactError(
+            f"{root}: unknown artifact format {manifest.get('format')!r} (expected {expected_format})"
+        )
     listed = manifest.get("files", {})
     present = set(_listed_files(root))
     if present != set(listed):

@@ -22,6 +22,10 @@ class ItemTower(nn.Module):
     def __init__(self, hidden_size: int, dim: int, n_items: int, id_embeddings: bool = True) -> None:
         super().__init__()
         self.text_proj = nn.Linear(hidden_size, dim)
+        # zero start: pooled encoder outputs share one large common direction, so a random projection would add
+        # the same big offset to every rating dot product and the first hundreds of steps would only undo it
+        nn.init.zeros_(self.text_proj.weight)
+        nn.init.zeros_(self.text_proj.bias)
         self.id_embedding = nn.Embedding(n_items, dim) if id_embeddings else None
         if self.id_embedding is not None:
             nn.init.normal_(self.id_embedding.weight, std=0.01)

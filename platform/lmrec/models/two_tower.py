@@ -1,8 +1,10 @@
 """The encoder two-tower model for inference: encoder, towers and scoring heads. It knows nothing of losses.
 
 Scores:
-- rating head: ``mu + b_u + b_i + <user_vec, item_vec>`` where ``b_i`` = gated item-ID bias + a linear read-out of
-  the item text (so an unseen item still gets a text-based bias);
+- rating head: ``mu + b_u + b_i + <p_u, item_vec>`` where ``b_i`` = gated item-ID bias + a linear read-out of
+  the item text (so an unseen item still gets a text-based bias) and ``p_u`` is the user-ID (+ user-text) part of
+  the user tower (``rating_user="id"``, biased-MF-like: pooling history vectors into the rating made it overfit on
+  ML-100K) or the whole user tower (``rating_user="tower"``);
 - interest head: cosine of a shared projection of both vectors; used to rank items (``score_items``).
 
 The model carries, as buffers, the cached pooled text of every item (``item_text``), the users' training
@@ -23,6 +25,7 @@ from lmrec.models.encoder import TextEncoder, batch_tokens, encode_all
 from lmrec.models.towers import ItemTower, UserTower, UserTowerKind
 
 RankingHead = Literal["interest", "rating"]
+RatingUser = Literal["id", "tower"]
 
 
 def history_matrix(train: pd.DataFrame, n_users: int, max_history: int) -> torch.Tensor:
@@ -58,12 +61,18 @@ class TwoTowerModel(nn.Module):
         user_text: bool = False,
         max_history: int = 256,
         ranking_head: RankingHead = "interest",
+        rating_user: RatingUser = "id",
     ) -> None:
         super().__init__()
         hidden = encoder.hidden_size
         self.encoder = encoder
         self.n_users, self.n_items, self.max_history = n_users, n_items, max_history
         self.ranking_head = ranking_head
+        if rating_user not in ("id", "tower"):
+            raise ValueError(f"rating_user must be 'id' or 'tower', got {rating_user!r}")
+        if rating_user == "id" and not user_id_embeddings:
+            raise ValueError("rating_user='id' needs user_id_embeddings")
+        self.rating_user = rating_user
         self.item_tower = ItemTower(hidden, dim, n_items, item_id_embeddings)
         self.user_tower = UserTower(dim, n_users, user_tower, user_id_embeddings, hidden if user_text else None)
         # rating head
@@ -115,11 +124,21 @@ class TwoTowerModel(nn.Module):
         text = self.user_text[user_idx] if self.user_text.shape[0] else None
         return self.user_tower(user_idx, self.history[user_idx], item_vectors, row_user, exclude_item, text)
 
+    def rating_user_vectors(self, user_idx: torch.Tensor, user_vec: torch.Tensor) -> torch.Tensor:
+        """The user factor of the rating head: the tower's ID (+ text) part, or ``user_vec`` itself."""
+        if self.rating_user == "tower":
+            return user_vec
+        vec = self.user_tower.id_embedding(user_idx)
+        if self.user_tower.text_proj is not None and self.user_text.shape[0]:
+            vec = vec + self.user_tower.text_proj(self.user_text[user_idx].to(vec.dtype))
+        return vec
+
     def rating(
         self, user_vec: torch.Tensor, user_idx: torch.Tensor, item_vec: torch.Tensor, item_bias: torch.Tensor
     ) -> torch.Tensor:
-        """Aligned rows: predicted rating."""
-        return self.global_mean + self.user_bias(user_idx)[:, 0] + item_bias + (user_vec * item_vec).sum(-1)
+        """Aligned rows: predicted rating (``user_vec`` is the user tower's output; see ``rating_user_vectors``)."""
+        p = self.rating_user_vectors(user_idx, user_vec)
+        return self.global_mean + self.user_bias(user_idx)[:, 0] + item_bias + (p * item_vec).sum(-1)
 
     def interest(self, vec: torch.Tensor) -> torch.Tensor:
         """Unit vectors in the interest space (cosine scoring)."""
@@ -157,11 +176,14 @@ class TwoTowerModel(nn.Module):
         item_vec = self.item_vectors(text)
         users = torch.arange(self.n_users, device=text.device)
         user_vec = torch.cat([self.user_vectors(u, item_vec) for u in users.split(4096)])
+        # "user_vectors" is the rating head's user factor (what serving dots with item vectors);
+        # "tower_user_vectors" the pooled user tower output the interest space is computed from
         return {
+            "user_vectors": self.rating_user_vectors(users, user_vec),
+            "tower_user_vectors": user_vec,
             "item_vectors": item_vec,
             "item_bias": self.item_biases(text),
             "item_interest": self.interest(item_vec),
-            "user_vectors": user_vec,
             "user_interest": self.interest(user_vec),
         }
 

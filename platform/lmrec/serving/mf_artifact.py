@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from safetensors.numpy import load_file, save_file
 
-from lmrec.models.artifact import ArtifactError, sha256_file
+from lmrec.models.artifact import sha256_file, verify_artifact
 
 MF_FORMAT = "lmrec.mf/1"
 MANIFEST = "manifest.json"
@@ -113,18 +113,7 @@ def save_mf_artifact(
 def load_mf_artifact(directory: str | Path) -> MFArtifact:
     """Verify every sha256 (and that no file was added or removed), then read the arrays."""
     root = Path(directory)
-    try:
-        manifest = json.loads((root / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"{root}: unreadable {MANIFEST} ({e})") from None
-    if manifest.get("format") != MF_FORMAT:
-        raise ArtifactError(f"{root}: unknown artifact format {manifest.get('format')!r} (expected {MF_FORMAT})")
-    listed = manifest.get("files", {})
-    if set(_files(root)) != set(listed):
-        raise ArtifactError(f"{root}: files differ from the manifest")
-    for rel, digest in listed.items():
-        if sha256_file(root / rel) != digest:
-            raise ArtifactError(f"{root / rel}: sha256 does not match the manifest")
+    manifest = verify_artifact(root, MF_FORMAT)
     t = load_file(str(root / "mf.safetensors"))
     ids = json.loads((root / "id_maps.json").read_text())
     return MFArtifact(

@@ -19,6 +19,7 @@ from torch import nn
 
 EngineName = Literal["ddp", "deepspeed"]
 CHECKPOINT_FILE = "checkpoint.pt"
+DEEPSPEED_TAG = "checkpoint"
 
 
 def resolve_engine(engine: str, device: torch.device) -> EngineName:
@@ -148,10 +149,11 @@ class DeepSpeedEngine:
             self.inner.load_state_dict(state)
 
     def save(self, directory: str, client_state: dict) -> None:
-        self.module.save_checkpoint(directory, tag="latest", client_state=client_state)
+        # DeepSpeed writes a file named "latest" holding the tag, so the tag itself must not be "latest"
+        self.module.save_checkpoint(directory, tag=DEEPSPEED_TAG, client_state=client_state)
 
     def load(self, directory: str) -> dict:
-        _, client = self.module.load_checkpoint(directory, tag="latest")
+        _, client = self.module.load_checkpoint(directory, tag=None)  # None = the tag named in "latest"
         return client or {}
 
 
