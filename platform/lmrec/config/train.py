@@ -93,6 +93,9 @@ class OptimSpec(StrictModel):
     )
     refresh_every_epochs: int = Field(1, ge=0, description="Re-encode all item texts every N epochs (0 = never).")
     encode_batch_size: int = Field(256, ge=1, description="Rows per no-grad encoder pass (cache refresh, export).")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="'cosine' decays every LR to 0 over epochs x steps (settles the noisy ID rows)."
+    )
     grad_clip: float = Field(1.0, ge=0, description="Max global grad norm (0 = no clipping).")
     log_every_steps: int = Field(20, ge=1, description="Progress log period in steps.")
 

@@ -85,6 +85,8 @@ class TwoTowerModel(nn.Module):
         # interest head
         self.interest_proj = nn.Linear(dim, dim)
         self.register_buffer("global_mean", torch.zeros(()))
+        # (min, max) of training ratings; predictions are clamped to it (+-inf = no clamp until set from data)
+        self.register_buffer("rating_range", torch.tensor([float("-inf"), float("inf")]))
         self.register_buffer("item_text", torch.zeros(n_items, hidden))
         self.register_buffer("user_text", torch.zeros(n_users, hidden) if user_text else torch.zeros(0, hidden))
         self.register_buffer("history", torch.full((n_users, 1), -1, dtype=torch.long))
@@ -216,7 +218,8 @@ class TwoTowerRecommender:
         i = torch.as_tensor(np.asarray(item_idx), dtype=torch.long)
         dot = (t["user_vectors"][u] * t["item_vectors"][i]).sum(-1)
         bias = self.model.user_bias.weight[:, 0].detach().cpu()[u] + t["item_bias"][i]
-        return (self.model.global_mean.cpu() + bias + dot).numpy().astype(np.float32)
+        low, high = self.model.rating_range.cpu().tolist()
+        return (self.model.global_mean.cpu() + bias + dot).clamp(low, high).numpy().astype(np.float32)
 
     def score_items(self, user_idx: np.ndarray) -> np.ndarray:
         t = self.tables

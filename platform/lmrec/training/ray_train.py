@@ -244,9 +244,10 @@ def train(spec: TrainSpec, *, spec_path: str | Path | None = None, resume: bool 
 
 
 def main_train(spec_path: str, overrides: dict | None = None, resume: bool = True) -> int:
-    """``lmrec train SPEC``: 0 on success, 2 for an invalid spec (nothing started), 1 when training failed."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S")
+    """``lmrec train SPEC``: 0 on success, 2 for an invalid spec (nothing started), 1 when training failed.
+
+    Logging is configured by the caller (the ``lmrec`` CLI); workers configure their own.
+    """
     from lmrec.data.schema import DataError
 
     try:

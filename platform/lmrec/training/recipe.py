@@ -13,6 +13,7 @@ The Ray harness (``lmrec.training`` Ray modules) calls exactly this class; this 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Iterable
 
@@ -106,6 +107,10 @@ class TwoTowerRecipe:
             torch.as_tensor(data.item_lengths).to(self.device), self.autocast_dtype,
         )
         optimizer = torch.optim.AdamW(self._param_groups(), lr=o.lr_heads, weight_decay=o.weight_decay)
+        # the torch optimizer itself (DeepSpeed wraps it but reads these param groups): the LR schedule sets them
+        self.optimizer = optimizer
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        self.steps_per_epoch = data.steps_per_epoch(o.batch_size, world_size)
         self.engine_name = resolve_engine(spec.scaling.engine, self.device)
         if self.engine_name == "deepspeed":
             cfg = deepspeed_config(spec.scaling.deepspeed_config, micro_batch=o.batch_size, world_size=world_size,
@@ -125,6 +130,7 @@ class TwoTowerRecipe:
         """Data-derived buffers: global mean, histories, seen gate, and the first (frozen) text encodings."""
         m, d = self.model, self.data
         m.global_mean.fill_(float(d.train["rating"].mean()))
+        m.rating_range.copy_(torch.tensor([float(d.train["rating"].min()), float(d.train["rating"].max())]))
         m.set_history(d.train)
         m.set_seen_items(d.train["item_idx"].to_numpy())
         self._refresh_text()
@@ -188,6 +194,7 @@ class TwoTowerRecipe:
             uniq = np.unique(np.asarray(batch["item_idx"]))
             pick = rng.choice(uniq, size=min(k, len(uniq)), replace=False) if k else uniq[:0]
             enc = torch.as_tensor(np.sort(pick), dtype=torch.long, device=self.device)
+            self._set_lr(epoch * self.steps_per_epoch + steps)
             loss, logs, fresh = self.engine.module(u, i, r, enc, gen)
             self.engine.step(loss)
             if fresh is not None:
@@ -214,6 +221,16 @@ class TwoTowerRecipe:
         log.info("epoch %d done: %d steps, %.1f s, %.0f interactions/s, loss %.4f", epoch, steps, seconds,
                  out["interactions_per_s"], out.get("loss", float("nan")))
         return out
+
+    def _set_lr(self, global_step: int) -> None:
+        """LR of every group at ``global_step`` (a pure function of the step, so a resumed run continues it)."""
+        o = self.spec.optim
+        factor = 1.0
+        if o.lr_schedule == "cosine":
+            total = max(o.epochs * self.steps_per_epoch, 1)
+            factor = 0.5 * (1.0 + math.cos(math.pi * min(global_step, total) / total))
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
 
     # ---- evaluation ----
     def as_recommender(self) -> TwoTowerRecommender:

@@ -179,3 +179,54 @@ def test_attention_user_tower_trains():
     logs = r.train_epoch(0, data.iter_train_batches(0, 64, 0))
     assert np.isfinite(logs["loss"])
     assert r.model.user_tower.key.weight.grad is not None
+
+
+def test_rating_head_user_factor_is_id_part_unless_tower(recipe):
+    model = recipe.model
+    users, items = np.arange(6), np.arange(6)
+    assert model.rating_user == "id"
+    by_id = recipe.as_recommender().predict(users, items)
+    saved = model.history.clone()
+    model.history = torch.full_like(saved, -1)  # the history moves the user tower, not the ID factor
+    try:
+        np.testing.assert_allclose(recipe.as_recommender().predict(users, items), by_id, atol=1e-6)
+    finally:
+        model.history = saved
+    model.rating_user = "tower"
+    try:
+        by_tower = recipe.as_recommender().predict(users, items)
+    finally:
+        model.rating_user = "id"
+    assert not np.allclose(by_tower, by_id, atol=1e-4)
+
+
+def test_rating_l2_covers_the_text_part(recipe):
+    """A text projection no ID row pays for must still be penalised (else it overfits, see RatingTask)."""
+    model, tm = recipe.model, recipe.train_module
+    batch = next(recipe.data.iter_train_batches(2, 64, 0))
+    u, i = torch.as_tensor(batch["user_idx"]), torch.as_tensor(batch["item_idx"])
+    r = torch.as_tensor(batch["rating"])
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def loss(l2: float) -> float:
+        tm.objective = MultiTaskObjective([RatingTask(1.0, l2=l2, id_l2=0.0)])
+        with torch.no_grad():
+            return float(tm(u, i, r, torch.zeros(0, dtype=torch.long))[0])
+
+    tm.eval()
+    try:
+        with torch.no_grad():
+            model.item_tower.id_embedding.weight.zero_()
+            model.item_bias.weight.zero_()
+        with torch.no_grad():
+            model.user_tower.id_embedding.weight.zero_()
+            model.user_bias.weight.zero_()
+        # users' factors are 0 now, so only the (zero) ID rows and the text part of item vectors can carry L2
+        quiet = loss(1.0) - loss(0.0)
+        with torch.no_grad():
+            model.item_tower.text_proj.weight.normal_(std=0.5)
+        assert loss(1.0) - loss(0.0) > quiet + 0.1
+    finally:
+        model.load_state_dict(state)
+        tm.objective = recipe.objective
+        tm.train()
