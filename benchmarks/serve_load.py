@@ -9,7 +9,11 @@ encoder (all-MiniLM-L6-v2; ``--encoder tiny`` for a random 2-layer BERT) and a b
 split. Scenarios, each bounded in time and request count:
 - closed loop: C clients each send the next request when the previous answers (throughput at saturation);
 - open loop: Poisson arrivals at a fixed rate, latency measured from the scheduled send (queueing included);
-- autoscaling: Serve only, a load step from 1 to 16 clients; replica counts sampled every second (run first).
+- rate sweep: open loop on /recommend at rising rates (the same for both targets); a rate is *sustained* when no
+  request fails and the target keeps up (completed/s >= 95% of offered); the highest sustained rate and its p99;
+- autoscaling: Serve only, a load step from 1 to 16 clients and back to 1; replica counts sampled every second
+  (run first), with a short ``downscale_delay_s`` so the scale-down shows within the run.
+The machine is shared: ``os.getloadavg()`` is recorded at start and end; compare bare and Serve within one run.
 """
 
 from __future__ import annotations
@@ -161,8 +165,32 @@ def run_scenarios(base: str, user_ids: list, item_ids: list, seconds: float, ope
     return out
 
 
+SWEEP_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)  # of the bare closed-loop /recommend throughput
+P99_TARGET_MS = 50.0
+
+
+def rate_sweep(base: str, user_ids: list, item_ids: list, rates: list[float], seconds: float) -> dict:
+    """Open loop on /recommend at each rate; stops after two rates in a row that are not sustained."""
+    bodies = request_bodies("/recommend", user_ids, item_ids, random.Random(2))
+    points, misses = [], 0
+    for rate in rates:
+        r = asyncio.run(open_loop(base, "/recommend", bodies, rate, seconds, 100000))
+        r["sustained"] = r["errors"] == 0 and r["throughput_rps"] >= 0.95 * rate
+        points.append(r)
+        print("sweep", json.dumps(r), flush=True)
+        misses = 0 if r["sustained"] else misses + 1
+        if misses == 2:
+            break
+    best = max((p for p in points if p["sustained"]), key=lambda p: p["offered_rps"], default=None)
+    fast = max((p for p in points if p["sustained"] and p["p99_ms"] <= P99_TARGET_MS),
+               key=lambda p: p["offered_rps"], default=None)
+    return {"points": points,
+            "max_sustained_rps": best["offered_rps"] if best else None, "p99_ms_at_max": best["p99_ms"] if best else None,
+            f"max_rps_with_p99_le_{P99_TARGET_MS:g}ms": fast["offered_rps"] if fast else None}
+
+
 def autoscaling_step(base: str, user_ids: list, item_ids: list, app: str) -> dict:
-    """Serve only: 1 client for 15 s, then 16 clients for 60 s; replica counts per deployment every second."""
+    """Serve only: 1 client for 10 s, 16 clients for 40 s, 1 client for 40 s; replica counts every second."""
     from ray import serve
 
     samples, stop = [], {"flag": False}
@@ -179,14 +207,20 @@ def autoscaling_step(base: str, user_ids: list, item_ids: list, app: str) -> dic
     async def run():
         task = asyncio.create_task(sampler())
         bodies = request_bodies("/recommend", user_ids, item_ids, random.Random(1))
-        low = await closed_loop(base, "/recommend", bodies, 1, 15, 100000)
-        high = await closed_loop(base, "/recommend", bodies, 16, 60, 100000)
+        low = await closed_loop(base, "/recommend", bodies, 1, 10, 100000)
+        high = await closed_loop(base, "/recommend", bodies, 16, 40, 100000)
+        t_end = round(time.perf_counter() - t0, 1)
+        after = await closed_loop(base, "/recommend", bodies, 1, 40, 100000)
         stop["flag"] = True
         await task
-        return low, high
+        return low, high, after, t_end
 
-    low, high = asyncio.run(run())
-    return {"step_at_s": 15, "low": low, "high": high, "replicas": samples}
+    low, high, after, t_end = asyncio.run(run())
+    peak = max(s.get("EnsembleIngress", 0) for s in samples)
+    final = samples[-1].get("EnsembleIngress", 0)
+    return {"step_at_s": 10, "step_end_s": t_end, "low": low, "high": high, "after": after, "replicas": samples,
+            "ingress_replicas": {"start": samples[0].get("EnsembleIngress"), "peak": peak, "end": final},
+            "scaled_up": peak > samples[0].get("EnsembleIngress", 0), "scaled_down": final < peak}
 
 
 def plot(result: dict) -> None:
@@ -209,7 +243,8 @@ def plot(result: dict) -> None:
     for name in ("EnsembleIngress", "TwoTowerScorer", "MFScorer", "TextEncoderService"):
         ax.step([s["t"] for s in samples], [s.get(name, 0) for s in samples], where="post", label=name)
     ax.axvline(result["autoscaling"]["step_at_s"], color="k", ls="--", lw=1)
-    ax.set_title("Serve replicas; load step 1 -> 16 clients at dashed line")
+    ax.axvline(result["autoscaling"]["step_end_s"], color="k", ls=":", lw=1)
+    ax.set_title("Serve replicas; 16 clients between the dashed lines, else 1")
     ax.set_xlabel("seconds")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -220,6 +255,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--encoder", choices=["minilm", "tiny"], default="minilm")
     p.add_argument("--seconds", type=float, default=20.0, help="length of each closed/open-loop scenario")
+    p.add_argument("--sweep-seconds", type=float, default=8.0, help="length of each rate-sweep step")
     args = p.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster for the run
     arts = build_artifacts(args.encoder)
@@ -227,7 +263,7 @@ def main() -> int:
     users, items = ids["user_ids"], ids["item_ids"]
     app_args = {"two_tower_artifact": str(arts["two_tower"]), "mf_artifact": str(arts["mf"])}
     result = {"encoder": args.encoder, "train_s": arts["train_s"], "scenario_seconds": args.seconds,
-              "closed_loop_clients": 8}
+              "closed_loop_clients": 8, "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
 
     # 1. bare: one uvicorn process, same routes and members, no Ray
     port = 8311
@@ -242,6 +278,9 @@ def main() -> int:
     try:
         wait_http(f"http://127.0.0.1:{port}")
         result["bare"] = run_scenarios(f"http://127.0.0.1:{port}", users, items, args.seconds, rates)
+        bare_rps = result["bare"]["closed /recommend"]["throughput_rps"]
+        sweep_rates = [round(f * bare_rps, 1) for f in SWEEP_FRACTIONS]
+        result["sweep_bare"] = rate_sweep(f"http://127.0.0.1:{port}", users, items, sweep_rates, args.sweep_seconds)
     finally:
         bare.terminate()
         bare.wait(30)
@@ -259,8 +298,9 @@ def main() -> int:
     app["args"].update(app_args)
     for d in app["deployments"]:
         if d["name"] in ("EnsembleIngress", "TwoTowerScorer"):
-            d["autoscaling_config"].update(max_replicas=3, upscale_delay_s=3, metrics_interval_s=1,
-                                           look_back_period_s=5)
+            # short delays so the run shows the scale-down after the load step (the file keeps 60 s)
+            d["autoscaling_config"].update(max_replicas=3, upscale_delay_s=3, downscale_delay_s=5,
+                                           metrics_interval_s=1, look_back_period_s=5)
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, namespace="serve", log_to_driver=False)
     try:
         start = time.perf_counter()
@@ -271,6 +311,7 @@ def main() -> int:
         result["autoscaling"] = autoscaling_step(base, users, items, app["name"])
         result["serve"] = run_scenarios(base, users, items, args.seconds, rates)
         result["open_loop_rps"] = rates
+        result["sweep_serve"] = rate_sweep(base, users, items, sweep_rates, args.sweep_seconds)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -279,9 +320,20 @@ def main() -> int:
                "throughput_ratio": round(result["serve"][name]["throughput_rps"]
                                          / max(result["bare"][name]["throughput_rps"], 1e-9), 2)}
         for name in result["bare"]}
+    result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    sb, ss = result["sweep_bare"], result["sweep_serve"]
+    ratio = (ss["max_sustained_rps"] or 0) / sb["max_sustained_rps"] if sb["max_sustained_rps"] else None
+    result["acceptance"] = {
+        "serve_max_sustained_rps": ss["max_sustained_rps"], "serve_p99_ms_at_max": ss["p99_ms_at_max"],
+        "bare_max_sustained_rps": sb["max_sustained_rps"], "bare_p99_ms_at_max": sb["p99_ms_at_max"],
+        "rate_ratio": round(ratio, 2) if ratio is not None else None,
+        "p99_le_50ms": ss["p99_ms_at_max"] is not None and ss["p99_ms_at_max"] <= P99_TARGET_MS,
+        "rate_ratio_ge_0.5": ratio is not None and ratio >= 0.5,
+        "scaled_up": result["autoscaling"]["scaled_up"], "scaled_down": result["autoscaling"]["scaled_down"],
+    }
     write_results("serve", result)
     plot(result)
-    print(json.dumps(result["overhead"], indent=1))
+    print(json.dumps({"overhead": result["overhead"], "acceptance": result["acceptance"]}, indent=1))
     return 0
 
 

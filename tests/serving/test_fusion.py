@@ -132,3 +132,60 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class _CountingCatalog:
+    """The real catalog core, counting how often ingress replicas ask it for news."""
+
+    def __init__(self) -> None:
+        from lmrec.serving.catalog import ItemCatalogCore
+
+        self.core, self.since_calls = ItemCatalogCore(), 0
+
+    def add(self, item_id, text):
+        return self.core.add(item_id, text)
+
+    def since(self, version):
+        self.since_calls += 1
+        return self.core.since(version)
+
+
+def test_catalog_is_polled_not_called_per_request(serving_artifacts):
+    """Two ingress routers share one catalog: /recommend does not ask it on every request; the router that added an
+    item ranks it at once, the other within ``catalog_poll_s``."""
+    import asyncio
+
+    from lmrec.serving.api import AddItemRequest, RecommendRequest, ServingError
+    from lmrec.serving.app import LocalHandle, _LocalEncoder, _LocalMember
+    from lmrec.serving.encoder_service import TextEncoderCore
+    from lmrec.serving.ensemble import EnsembleRouter
+    from lmrec.serving.members import MFMember, TwoTowerMember
+
+    v1 = serving_artifacts["v1"]
+    tt = LocalHandle(_LocalMember(TwoTowerMember(v1)))
+    mf = LocalHandle(_LocalMember(MFMember(serving_artifacts["mf"])))
+    enc = LocalHandle(_LocalEncoder(TextEncoderCore(v1)))
+    catalog = _CountingCatalog()
+    a, b = (EnsembleRouter(tt, mf, enc, LocalHandle(catalog), {"two_tower": 0.7, "mf": 0.3}, catalog_poll_s=1.0)
+            for _ in range(2))
+    user = int(serving_artifacts["data"].user_ids[0])
+
+    async def scenario():
+        for _ in range(20):
+            await b.recommend(RecommendRequest(user_id=user, k=5))
+        calls_for_20 = catalog.since_calls
+        await asyncio.sleep(1.05)
+        await b.recommend(RecommendRequest(user_id=user, k=5))  # b looks now, before the item exists
+        await a.add_item(AddItemRequest(item_id=900002, text="A heist comedy set on a space station. Genres: Comedy."))
+        only_new = RecommendRequest(user_id=user, k=1, candidate_item_ids=[900002])
+        got_a = await a.recommend(only_new)
+        with pytest.raises(ServingError) as unknown_on_b:  # b looked less than catalog_poll_s ago
+            await b.recommend(only_new)
+        await asyncio.sleep(1.05)
+        got_b = await b.recommend(only_new)
+        return calls_for_20, got_a, unknown_on_b.value.status, got_b
+
+    calls_for_20, got_a, status_b, got_b = asyncio.run(scenario())
+    assert calls_for_20 <= 2  # was one call per request (20) before polling
+    assert [i["item_id"] for i in got_a["items"]] == [900002] and status_b == 404
+    assert [i["item_id"] for i in got_b["items"]] == [900002]

@@ -91,7 +91,11 @@ def deploy_config(config, timeout_s: float = 300.0) -> None:
     from ray import serve
     from ray.serve.context import _get_global_client
 
-    serve.start(http_options=config.http_options.model_dump(), proxy_location=config.proxy_location)
+    # the file's global logging_config reaches the proxy only through serve.start (its per-request access log
+    # is a measurable share of a cheap request's CPU on a small machine)
+    logging = config.logging_config.model_dump() if config.logging_config is not None else None
+    serve.start(http_options=config.http_options.model_dump(), proxy_location=config.proxy_location,
+                logging_config=logging)
     _get_global_client().deploy_apps(config, _blocking=False)
     wait_until_running([a.name for a in config.applications], timeout_s)
 

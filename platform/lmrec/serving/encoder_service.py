@@ -49,6 +49,7 @@ class TextEncoderService:
     """
 
     def __init__(self) -> None:
+        torch.set_num_threads(1)  # a fraction of a core: extra intra-op threads only spin against other replicas
         self.core: TextEncoderCore | None = None
         self.batch_sizes: collections.Counter[int] = collections.Counter()
         self.busy_s = 0.0

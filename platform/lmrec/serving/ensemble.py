@@ -59,8 +59,13 @@ class EnsembleRouter:
     """Request logic of every endpoint over member handles (see module docstring)."""
 
     def __init__(self, two_tower, mf, encoder, catalog, weights: dict[str, float], liked_threshold: float = 4.0,
-                 explain_items: int = 3, skew_retry_s: float = 15.0) -> None:
+                 explain_items: int = 3, skew_retry_s: float = 15.0, catalog_poll_s: float = 0.5) -> None:
         self.tt, self.mf, self.encoder, self.catalog = two_tower, mf, encoder, catalog
+        # Polling the single catalog replica on every request was a whole extra hop (proxy -> ingress -> catalog)
+        # on the hot path; one look per ``catalog_poll_s`` bounds how late another ingress replica learns of an
+        # added item, and the replica that served POST /items syncs at once (so "recommendable at once" holds).
+        self.catalog_poll_s = catalog_poll_s
+        self._catalog_checked = -float("inf")
         self.weights = dict(weights)
         self.liked_threshold, self.explain_items, self.skew_retry_s = liked_threshold, explain_items, skew_retry_s
         self.spaces: dict[str, tuple[IdMap, list]] = {}  # sha256 -> (item ids, item texts)
@@ -121,7 +126,12 @@ class EnsembleRouter:
         return texts[j] if j is not None and j < len(texts) else None
 
     # ---- run-time items and version skew ----
-    async def _sync_catalog(self) -> None:
+    async def _sync_catalog(self, force: bool = False) -> None:
+        """Fetch items added since the last look; without ``force`` at most once per ``catalog_poll_s``."""
+        now = time.monotonic()
+        if not force and now - self._catalog_checked < self.catalog_poll_s:
+            return
+        self._catalog_checked = now
         version, ids, texts = await self.catalog.since.remote(len(self.new_ids))
         async with self._lock:
             if ids and version == len(self.new_ids) + len(ids):
@@ -284,7 +294,7 @@ class EnsembleRouter:
         return {"items": items, "versions": _versions(tt_res, mf_res)}
 
     async def add_item(self, req: AddItemRequest) -> dict:
-        await self._sync_catalog()
+        await self._sync_catalog(force=True)
         tt_sha = (await self.tt.item_ids.remote())[0]
         tt_map, _ = await self._space(self.tt, tt_sha)
         if req.item_id in tt_map or req.item_id in self.new_map:
@@ -293,7 +303,7 @@ class EnsembleRouter:
         version = await self.catalog.add.remote(req.item_id, req.text)
         if version < 0:
             raise ServingError(409, f"item_id {req.item_id!r} already exists")
-        await self._sync_catalog()
+        await self._sync_catalog(force=True)
         return {"item_id": req.item_id, "catalog_version": version, "recommendable": True}
 
     async def health(self) -> dict:
@@ -312,7 +322,7 @@ class EnsembleRouter:
                 "catalog_items": len(self.new_ids)}
 
     async def stats(self) -> dict:
-        await self._sync_catalog()
+        await self._sync_catalog(force=True)
         return {"encoder": await self.encoder.stats.remote(), "catalog_items": len(self.new_ids)}
 
     async def _items(self, tt_map, top, fused, members, mf_sha) -> list[dict]:

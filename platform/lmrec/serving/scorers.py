@@ -12,6 +12,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import torch
 from ray import serve
 
 from lmrec.serving.members import MFMember, TwoTowerMember
@@ -24,6 +25,8 @@ class _MemberDeployment:
     member_cls: type = TwoTowerMember
 
     def __init__(self) -> None:
+        # a replica holds a fraction of a core: more intra-op threads would only spin against the other replicas
+        torch.set_num_threads(1)
         self.member: Any = None
         self._dir: Path | None = None
 
