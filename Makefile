@@ -11,6 +11,8 @@ UV_FLAGS := --python $(BIN)/python $(if $(FIND_LINKS),--find-links $(FIND_LINKS)
 export LMREC_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# local demo/test clusters listen on loopback only; see README "Ray authentication"
+export RAY_AUTH_MODE ?= disabled
 
 .PHONY: setup demo test test-fast bench clean
 

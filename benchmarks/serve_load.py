@@ -10,7 +10,8 @@ split. Scenarios, each bounded in time and request count:
 - closed loop: C clients each send the next request when the previous answers (throughput at saturation);
 - open loop: Poisson arrivals at a fixed rate, latency measured from the scheduled send (queueing included);
 - rate sweep: open loop on /recommend at rising rates (the same for both targets); a rate is *sustained* when no
-  request fails and the target keeps up (completed/s >= 95% of offered); the highest sustained rate and its p99;
+  request fails and the target keeps up (the backlog drains within 1 s of the last arrival); the highest
+  sustained rate and its p99;
 - autoscaling: Serve only, a load step from 1 to 16 clients and back to 1; replica counts sampled every second
   (run first), with a short ``downscale_delay_s`` so the scale-down shows within the run.
 The machine is shared: ``os.getloadavg()`` is recorded at start and end; compare bare and Serve within one run.
@@ -165,7 +166,7 @@ def run_scenarios(base: str, user_ids: list, item_ids: list, seconds: float, ope
     return out
 
 
-SWEEP_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)  # of the bare closed-loop /recommend throughput
+SWEEP_FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.65, 0.8)  # of the bare closed-loop /recommend throughput
 P99_TARGET_MS = 50.0
 
 
@@ -175,7 +176,9 @@ def rate_sweep(base: str, user_ids: list, item_ids: list, rates: list[float], se
     points, misses = [], 0
     for rate in rates:
         r = asyncio.run(open_loop(base, "/recommend", bodies, rate, seconds, 100000))
-        r["sustained"] = r["errors"] == 0 and r["throughput_rps"] >= 0.95 * rate
+        # kept up = the backlog drained within a second of the last arrival (completed/offered is too noisy a
+        # test: Poisson arrivals over a few seconds already vary by ~10%)
+        r["sustained"] = r["errors"] == 0 and r["seconds"] <= seconds + 1.0
         points.append(r)
         print("sweep", json.dumps(r), flush=True)
         misses = 0 if r["sustained"] else misses + 1
@@ -255,6 +258,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--encoder", choices=["minilm", "tiny"], default="minilm")
     p.add_argument("--seconds", type=float, default=20.0, help="length of each closed/open-loop scenario")
+    p.add_argument("--throughput-optimized", action="store_true",
+                   help="start Ray with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (Serve's documented high-throughput mode: "
+                        "gRPC between deployments, user code and router on the replica's loop, direct ingress)")
     p.add_argument("--sweep-seconds", type=float, default=8.0, help="length of each rate-sweep step")
     args = p.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster for the run
@@ -301,6 +307,13 @@ def main() -> int:
             # short delays so the run shows the scale-down after the load step (the file keeps 60 s)
             d["autoscaling_config"].update(max_replicas=3, upscale_delay_s=3, downscale_delay_s=5,
                                            metrics_interval_s=1, look_back_period_s=5)
+    if args.throughput_optimized:  # read by the controller, proxy and replicas, which inherit this environment
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    # Ray starts its workers (every Serve replica) at niceness 15 so a driver stays responsive; the bare app runs
+    # at 0. On a box shared with other niced jobs that alone starved Serve's hops against them while the bare
+    # process kept its priority: give both the same priority, as a dedicated serving node has.
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    result["serve_env"] = {k: v for k, v in os.environ.items() if k.startswith(("RAY_SERVE_", "RAY_worker_"))}
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, namespace="serve", log_to_driver=False)
     try:
         start = time.perf_counter()

@@ -5,7 +5,7 @@ Graph::
     EnsembleIngress (FastAPI) --> TwoTowerScorer   (two-tower artifact: precomputed item index)
                               --> MFScorer         (MF artifact; optional)
                               --> TextEncoderService (@serve.batch; same two-tower artifact)
-                              --> ItemCatalog      (1 replica: items added at run time)
+                              --> ItemCatalog      (1 replica: items added at run time; polled, not per request)
 
 The artifact paths become each member's ``user_config`` (``{"artifact_dir": ...}``). Hot swap: point those
 ``user_config`` entries of the Serve config at the new artifact and deploy it again; Serve calls ``reconfigure``

@@ -36,14 +36,16 @@ class _MemberDeployment:
             member = await asyncio.to_thread(self.member_cls, target)
             self.member, self._dir = member, target
 
-    def info(self) -> dict:
+    # async on purpose: each of these takes well under a millisecond, and Serve runs a *sync* method through a
+    # thread pool, whose hand-off costs more CPU than the call itself on the hot path.
+    async def info(self) -> dict:
         return self.member.info
 
-    def item_ids(self) -> tuple[str, list]:
+    async def item_ids(self) -> tuple[str, list]:
         m = self.member
         return m.sha256, m.item_ids
 
-    def call(self, method: str, *args, **kwargs):
+    async def call(self, method: str, *args, **kwargs):
         """Run one member method on the current artifact (one reference read: a swap cannot split a request)."""
         return call_member(self.member, method, *args, **kwargs)
 
@@ -61,5 +63,5 @@ class MFScorer(_MemberDeployment):
 
     member_cls = MFMember
 
-    def item_texts(self) -> tuple[str, list[str]]:
+    async def item_texts(self) -> tuple[str, list[str]]:
         return self.member.sha256, self.member.art.item_texts

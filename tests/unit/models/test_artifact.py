@@ -15,7 +15,7 @@ from lmrec.models.artifact import ArtifactError, load_artifact, verify_artifact
 from lmrec.training.recipe import TwoTowerRecipe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_two_tower import data_for, tiny_spec  # noqa: E402  (sibling test module: shared tiny data)
+from test_two_tower import data_for, one_thread, tiny_spec  # noqa: E402,F401  (sibling test module: shared tiny data; one_thread is autouse)
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,15 @@ def tiny_spec(**over) -> TrainSpec:
     return TrainSpec.model_validate(base)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP hand-offs that crawl when the shared 2-core machine is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 _DATA = {}
 
 

@@ -16,14 +16,15 @@ from lmrec.training.local import train_local
 from lmrec.training.recipe import TwoTowerRecipe
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
-from test_two_tower import data_for, tiny_spec  # noqa: E402
+from test_two_tower import data_for, one_thread, tiny_spec  # noqa: E402,F401  (one_thread: autouse)
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_job_spec_validates():
     spec = load_spec(TrainSpec, ROOT / "jobs" / "ml100k-minilm-multitask.yaml")
-    assert spec.data.split.kind == "ml100k_canonical" and spec.optim.items_encoded_per_step > 0
+    assert spec.data.split.kind == "ml100k_canonical" and spec.tasks.rating.weight > 0
+    assert spec.early_stopping.metric == "val_rmse"
     first = (ROOT / "jobs" / "ml100k-minilm-multitask.yaml").read_text().splitlines()[:2]
     assert first == ["# lmrec train jobs/ml100k-minilm-multitask.yaml",
                      "# ray job submit --working-dir . -- lmrec train jobs/ml100k-minilm-multitask.yaml"]
@@ -82,9 +83,16 @@ def test_checkpoint_resume(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)  # first run compiles DeepSpeed's shared-memory comm op (~1-3 min), cached afterwards
+@pytest.mark.timeout(600)  # a hang guard: ~25 s on an idle machine, 3 min seen at load 15
 def test_deepspeed_engine_one_step_cpu(monkeypatch, tmp_path):
+    import importlib
+
     import torch.distributed as dist
+
+    # A world of one has nothing to all-reduce: skip DeepSpeed's optional shared-memory comm kernel, whose
+    # just-in-time C++ build takes minutes on a busy 2-core machine. ZeRO-2 itself runs for real.
+    # (by module path: the attribute deepspeed.comm.torch is the torch package that module imports)
+    monkeypatch.setattr(importlib.import_module("deepspeed.comm.torch"), "build_shm_op", lambda: None)
 
     for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
                  "MASTER_PORT": str(29500 + os.getpid() % 1000)}.items():
