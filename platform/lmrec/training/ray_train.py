@@ -163,8 +163,46 @@ def _worker_env() -> dict:
     return env
 
 
-def train(spec: TrainSpec, *, spec_path: str | Path | None = None, resume: bool = True) -> TrainResult:
-    """Run ``spec`` on Ray Train (see the module docstring) and return metrics, checkpoint and artifact paths."""
+@dataclass
+class TrainRun:
+    """A ``TorchTrainer`` built from a spec, with what is needed to turn its ``Result`` into a ``TrainResult``."""
+
+    trainer: object  # ray.train.torch.TorchTrainer
+    name: str
+    run_path: str
+    metric: str
+    mode: str
+    has_valid: bool
+    started: float
+
+    def fit(self) -> TrainResult:
+        result = self.trainer.fit()
+        summary = result.return_value or {}
+        best_ckpt = result.get_best_checkpoint(self.metric, self.mode) if self.has_valid else None
+        out = TrainResult(
+            name=self.name,
+            run_path=self.run_path,
+            metrics=dict(result.metrics or {}),
+            best_metrics=summary.get("best_metrics", {}),
+            history=summary.get("history", []),
+            checkpoint_path=result.checkpoint.path if result.checkpoint else None,
+            best_checkpoint_path=best_ckpt.path if best_ckpt else None,
+            artifact_path=summary.get("artifact_path"),
+            seconds=time.perf_counter() - self.started,
+        )
+        log.info("run %r finished in %.0f s: %s; artifact %s", self.name, out.seconds,
+                 " ".join(f"{k}={v:.4f}" for k, v in out.best_metrics.items() if k.startswith("val_")),
+                 out.artifact_path)
+        return out
+
+
+def build_trainer(spec: TrainSpec, *, spec_path: str | Path | None = None, resume: bool = True,
+                  callbacks: list | None = None) -> TrainRun:
+    """Check and prepare everything, then build the ``TorchTrainer`` for ``spec`` (not started).
+
+    ``lmrec train`` fits it directly; a Ray Tune trial (``lmrec.tuning``) builds the same trainer with a
+    ``TuneReportCallback`` in ``callbacks`` so every epoch's report reaches the trial.
+    """
     import ray
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -219,28 +257,18 @@ def train(spec: TrainSpec, *, spec_path: str | Path | None = None, resume: bool 
                 checkpoint_score_order=spec.early_stopping.mode,
             ),
             worker_runtime_env={"env_vars": _worker_env()},
+            callbacks=list(callbacks or []),
         ),
         datasets={"train": ray.data.from_pandas(frame)},
     )
     log.info("training %r on %d worker(s) (gpu=%s, engine=%s), run folder %s", name, scaling.num_workers, use_gpu,
              scaling.engine, run_path)
-    result = trainer.fit()
-    summary = result.return_value or {}
-    best_ckpt = result.get_best_checkpoint(metric, spec.early_stopping.mode) if has_valid else None
-    out = TrainResult(
-        name=name,
-        run_path=run_path,
-        metrics=dict(result.metrics or {}),
-        best_metrics=summary.get("best_metrics", {}),
-        history=summary.get("history", []),
-        checkpoint_path=result.checkpoint.path if result.checkpoint else None,
-        best_checkpoint_path=best_ckpt.path if best_ckpt else None,
-        artifact_path=summary.get("artifact_path"),
-        seconds=time.perf_counter() - started,
-    )
-    log.info("run %r finished in %.0f s: %s; artifact %s", name, out.seconds,
-             " ".join(f"{k}={v:.4f}" for k, v in out.best_metrics.items() if k.startswith("val_")), out.artifact_path)
-    return out
+    return TrainRun(trainer, name, run_path, metric, spec.early_stopping.mode, has_valid, started)
+
+
+def train(spec: TrainSpec, *, spec_path: str | Path | None = None, resume: bool = True) -> TrainResult:
+    """Run ``spec`` on Ray Train (see the module docstring) and return metrics, checkpoint and artifact paths."""
+    return build_trainer(spec, spec_path=spec_path, resume=resume).fit()
 
 
 def main_train(spec_path: str, overrides: dict | None = None, resume: bool = True) -> int:
