@@ -35,9 +35,8 @@ def test_job_specs_validate(path):
 
 @pytest.mark.parametrize("path", STRATEGY_SPECS, ids=lambda p: p.name)
 def test_strategy_specs_validate(path):
-    if "strategy" not in TrainSpec.model_fields:
-        pytest.skip("TrainSpec has no `strategy` section yet (recipe integration of lmrec.strategies pending)")
-    load_spec(TrainSpec, path)
+    spec = load_spec(TrainSpec, path)
+    assert spec.strategy.name == path.stem
 
 
 @pytest.mark.parametrize("path", SERVE_CONFIGS, ids=lambda p: p.name)

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from lmrec.config.base import StrictModel
 from lmrec.config.scaling import ScalingSpec
 from lmrec.data.splits import ML100KCanonicalSpec, SplitSpec
+from lmrec.strategies.spec import FullStrategy, StrategySpec
 
 ValMetric = Literal["val_rmse", "val_mae", "val_ndcg@10", "val_recall@10"]
 
@@ -127,10 +128,15 @@ class TrainSpec(StrictModel):
     optim: OptimSpec = Field(default_factory=OptimSpec, description="Optimizer and step shape.")
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec, description="Best-epoch rule.")
     scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Workers, resources, engine.")
+    strategy: StrategySpec = Field(
+        default_factory=FullStrategy, description="Transfer strategy (lmrec.strategies.spec): scope, schedule, ...")
 
     @model_validator(mode="after")
     def _metric_has_task(self) -> "TrainSpec":
         m = self.early_stopping.metric
         if m in ("val_rmse", "val_mae") and self.tasks.rating.weight == 0:
             raise ValueError(f"early_stopping.metric {m} needs the rating task (tasks.rating.weight > 0)")
+        if self.strategy.name in ("lora", "progressive_unfreezing") and not self.optim.finetune_encoder:
+            raise ValueError(f"strategy {self.strategy.name} trains the encoder: it needs optim.lr_encoder > 0 and "
+                             f"optim.items_encoded_per_step > 0")
         return self

@@ -132,14 +132,23 @@ class StrategyComponents:
         self.unfreezing.head_groups = heads
         return self.unfreezing.groups()
 
-    def on_epoch_start(self, optimizer, epoch: int) -> None:
+    def on_epoch_start(self, optimizer, epoch: int) -> bool:
+        """Apply the epoch's stage; True when group LRs were (re)set (the LR schedule must rebase on them)."""
         if self.unfreezing is not None and self.unfreeze_unit == "epoch":
             names = self.unfreezing.apply(optimizer, epoch)
             log.info("epoch %d trains %s", epoch, ", ".join(names))
+            return True
+        return False
 
-    def on_step(self, optimizer, step: int) -> None:
+    def on_step(self, optimizer, step: int) -> bool:
+        """Apply the stage of global ``step``; True when group LRs were (re)set."""
         if self.unfreezing is not None and self.unfreeze_unit == "step":
-            self.unfreezing.apply(optimizer, step)
+            stage = self.unfreezing.stage
+            names = self.unfreezing.apply(optimizer, step)
+            if self.unfreezing.stage != stage:
+                log.info("step %d trains %s", step, ", ".join(names))
+            return True
+        return False
 
     def encoder_trains(self, epoch: int, step: int = 0) -> bool:
         """False when this epoch's steps need no encoder pass with gradient (frozen, or unfreezing not there yet)."""

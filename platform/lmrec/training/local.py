@@ -39,23 +39,33 @@ def train_local(
     artifact_dir: str | Path | None = None,
     checkpoint_dir: str | Path | None = None,
     on_epoch=None,
-) -> LocalResult:
+    item_text: torch.Tensor | None = None,
+):
     """Train ``spec`` in this process: epochs -> validate -> early stopping -> best weights -> optional artifact.
 
     ``on_epoch(epoch, train_logs, val_metrics, recipe)`` is called after each validation (benchmarks record
     time-to-quality with it). Returns the recipe restored to its best epoch (by ``early_stopping.metric``).
+    ``item_text``: precomputed pooled item texts of this encoder (see ``TwoTowerRecipe``).
+
+    ``strategy: meta_learning`` runs its own loop (``lmrec.strategies.meta_loop``) and returns its
+    ``MetaRunResult`` (history, cold-user metrics, the model; ``artifact_dir`` gets its weights).
     """
     start = time.perf_counter()
     data = data if data is not None else prepare_data(spec)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    recipe = TwoTowerRecipe(spec, data, device=device)
+    if spec.strategy.name == "meta_learning":
+        from lmrec.training.meta_job import run_meta_job
+
+        return run_meta_job(spec, data, device, artifact_dir)
+    recipe = TwoTowerRecipe(spec, data, device=device, item_text=item_text)
     first = 0
     if checkpoint_dir is not None and Path(checkpoint_dir).exists():
         first = recipe.load_checkpoint(str(checkpoint_dir))
     result = LocalResult(recipe=recipe, data=data)
     best_state = None
     for epoch in range(first, spec.optim.epochs):
-        logs = recipe.train_epoch(epoch, data.iter_train_batches(epoch, spec.optim.batch_size, spec.seed))
+        batches = recipe.epoch_batches(epoch, data.iter_train_batches(epoch, spec.optim.batch_size, spec.seed))
+        logs = recipe.train_epoch(epoch, batches)
         metrics = recipe.validate()
         result.epochs.append({**logs, **metrics})
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in metrics.items()})

@@ -7,6 +7,11 @@ into the cached table, and computes every item vector from that table: all ratin
 vector, and user vectors are pooled from item vectors, never from per-row text. After the optimizer step the
 fresh rows overwrite the stale cache rows; a full no-grad refresh runs every ``refresh_every_epochs``.
 
+The transfer strategy (``spec.strategy``) plugs in as components (``lmrec.strategies.components``): it may swap
+the encoder (layer sharing, distilled student), adapt it (frozen, LoRA), split the optimizer groups and change
+them per epoch or step (progressive unfreezing), choose each epoch's batches (curriculum) and add losses to the
+multi-task objective (distillation, propagated labels). The loop below is the same for all of them.
+
 The Ray harness (``lmrec.training`` Ray modules) calls exactly this class; this file imports no ``ray``.
 """
 
@@ -26,16 +31,22 @@ from lmrec.config.train import TrainSpec
 from lmrec.models.encoder import build_encoder, load_tokenizer
 from lmrec.models.tasks import ClickTask, MultiTaskObjective, RatingTask, RelatedTask, StepContext
 from lmrec.models.two_tower import TwoTowerModel, TwoTowerRecommender
+from lmrec.strategies.components import StrategyComponents, build_student_encoder
+from lmrec.strategies.scopes import count_parameters
 from lmrec.training.data import PreparedData
 from lmrec.training.engines import DeepSpeedEngine, TorchEngine, deepspeed_config, distributed_world, resolve_engine
 
 log = logging.getLogger(__name__)
 
 
-def build_model(spec: TrainSpec, n_users: int, n_items: int) -> TwoTowerModel:
-    """The inference model described by ``spec.model`` (weights from the encoder, towers freshly initialised)."""
+def build_model(spec: TrainSpec, n_users: int, n_items: int, encoder=None) -> TwoTowerModel:
+    """The inference model described by ``spec.model`` (weights from the encoder, towers freshly initialised).
+
+    ``encoder``: a ``TextEncoder`` to use instead of ``spec.model.encoder`` (a strategy's student).
+    """
     m = spec.model
-    encoder = build_encoder(m.encoder, m.pooling, m.encoder_init)
+    if encoder is None:
+        encoder = build_encoder(m.encoder, m.pooling, m.encoder_init)
     return TwoTowerModel(
         encoder, n_users, n_items, dim=m.dim, user_tower=m.user_tower, item_id_embeddings=m.item_id_embeddings,
         user_id_embeddings=m.user_id_embeddings, user_text=m.user_text, max_history=m.max_history,
@@ -44,12 +55,14 @@ def build_model(spec: TrainSpec, n_users: int, n_items: int) -> TwoTowerModel:
     )
 
 
-def build_objective(spec: TrainSpec) -> MultiTaskObjective:
+def build_objective(spec: TrainSpec, extra_tasks: list | None = None) -> MultiTaskObjective:
+    """The weighted tasks of ``spec.tasks`` plus a strategy's ``extra_tasks`` (each carries its own weight)."""
     t = spec.tasks
     return MultiTaskObjective([
         RatingTask(t.rating.weight, t.rating.l2, t.rating.id_l2),
         ClickTask(t.click.weight, t.click.temperature, t.click.positive_threshold, t.click.id_dropout, t.click.max_rows),
         RelatedTask(t.related.weight, t.related.temperature, t.related.max_rows),
+        *(extra_tasks or []),
     ])
 
 
@@ -86,32 +99,48 @@ class TwoTowerTrain(nn.Module):
 
 
 class TwoTowerRecipe:
-    """Model + optimizer + engine for one worker; see the module docstring for the step design."""
+    """Model + optimizer + engine for one worker; see the module docstring for the step design.
+
+    ``item_text``: the pooled text of every item, already encoded by this run's (pretrained) encoder; skips the
+    first full encoding (benchmarks share one encoding between runs).
+    """
 
     def __init__(self, spec: TrainSpec, data: PreparedData, *, device: torch.device, world_size: int = 1,
-                 rank: int = 0) -> None:
+                 rank: int = 0, item_text: torch.Tensor | None = None) -> None:
         self.spec, self.data, self.device = spec, data, torch.device(device)
         self.world_size, self.rank = world_size, rank
         torch.manual_seed(spec.seed)
         self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
         o = spec.optim
+        self.engine_name = resolve_engine(spec.scaling.engine, self.device)
         start = time.perf_counter()
-        self.model = build_model(spec, data.n_users, data.n_items).to(self.device)
+        self.model = build_model(spec, data.n_users, data.n_items, build_student_encoder(spec)).to(self.device)
         loaded = time.perf_counter()
-        self._init_state()
+        self._init_state(item_text)
         # setup cost split: loading the encoder is the same for any recipe; the item-text precompute is ours
         self.setup_seconds = {"model_load": loaded - start, "init_state": time.perf_counter() - loaded}
-        self.objective = build_objective(spec)
+        # DDP / DeepSpeed fix the gradient-carrying parameters at wrap time: unfreeze through LRs there
+        self.strategy = StrategyComponents.attach(
+            spec, self.model, data, device=self.device,
+            distributed=world_size > 1 or self.engine_name == "deepspeed")
+        self.model.to(self.device)  # adapters (LoRA) are created on the CPU
+        enc_count, count = self.strategy.encoder_count, count_parameters(self.model)
+        self.trainable_params = {"trainable_params": float(count.trainable), "total_params": float(count.total),
+                                 "encoder_trainable_params": float(enc_count.trainable),
+                                 "encoder_params": float(enc_count.total)}
+        log.info("strategy %s: %d of %d parameters train (encoder: %d of %d)", self.strategy.name, count.trainable,
+                 count.total, enc_count.trainable, enc_count.total)
+        self.objective = build_objective(spec, self.strategy.extra_tasks)
         self.train_module = TwoTowerTrain(
             self.model, self.objective, torch.as_tensor(data.item_tokens).to(self.device),
             torch.as_tensor(data.item_lengths).to(self.device), self.autocast_dtype,
         )
-        optimizer = torch.optim.AdamW(self._param_groups(), lr=o.lr_heads, weight_decay=o.weight_decay)
+        groups = self.strategy.param_groups(self._param_groups(), self.model, o.lr_heads)
+        optimizer = torch.optim.AdamW(groups, lr=o.lr_heads, weight_decay=o.weight_decay)
         # the torch optimizer itself (DeepSpeed wraps it but reads these param groups): the LR schedule sets them
         self.optimizer = optimizer
         self.base_lrs = [g["lr"] for g in optimizer.param_groups]
         self.steps_per_epoch = data.steps_per_epoch(o.batch_size, world_size)
-        self.engine_name = resolve_engine(spec.scaling.engine, self.device)
         if self.engine_name == "deepspeed":
             cfg = deepspeed_config(spec.scaling.deepspeed_config, micro_batch=o.batch_size, world_size=world_size,
                                    grad_clip=o.grad_clip, device=self.device)
@@ -126,15 +155,22 @@ class TwoTowerRecipe:
         self._cache_fresh = True
 
     # ---- setup ----
-    def _init_state(self) -> None:
+    def _init_state(self, item_text: torch.Tensor | None = None) -> None:
         """Data-derived buffers: global mean, histories, seen gate, and the first (frozen) text encodings."""
         m, d = self.model, self.data
         m.global_mean.fill_(float(d.train["rating"].mean()))
         m.rating_range.copy_(torch.tensor([float(d.train["rating"].min()), float(d.train["rating"].max())]))
         m.set_history(d.train)
         m.set_seen_items(d.train["item_idx"].to_numpy())
-        self._refresh_text()
-        if self.spec.optim.lr_encoder == 0 or self.spec.optim.items_encoded_per_step == 0:
+        if item_text is not None and d.user_tokens is None:
+            if tuple(item_text.shape) != tuple(m.item_text.shape):
+                raise ValueError(f"item_text is {tuple(item_text.shape)}, the model's encoder gives "
+                                 f"{tuple(m.item_text.shape)}")
+            m.item_text.copy_(item_text)
+            self._cache_fresh = True
+        else:
+            self._refresh_text()
+        if not self.spec.optim.finetune_encoder:
             m.encoder.requires_grad_(False)
 
     def _refresh_text(self) -> None:
@@ -165,6 +201,10 @@ class TwoTowerRecipe:
         return [g for g in groups if g["params"]]
 
     # ---- training ----
+    def epoch_batches(self, epoch: int, default: Iterable[dict]) -> Iterable[dict]:
+        """This rank's batches for ``epoch``: the strategy's sampler (curriculum) or ``default``."""
+        return self.strategy.batches(epoch, default, self.spec.optim.batch_size, self.rank, self.world_size)
+
     def _all_have_batch(self, have: bool) -> bool:
         initialised, world, _ = distributed_world()
         if not initialised or world == 1:
@@ -182,7 +222,10 @@ class TwoTowerRecipe:
         k = o.items_encoded_per_step if o.finetune_encoder else 0
         sums: dict[str, float] = {}
         steps = rows = encoded = 0
+        encoder_stepped = False  # rank-identical (a function of the schedule), so the refresh below is too
         start = time.perf_counter()
+        if self.strategy.on_epoch_start(self.optimizer, epoch):
+            self._rebase_lrs()
         it = iter(batches)
         while True:
             batch = next(it, None)
@@ -191,10 +234,15 @@ class TwoTowerRecipe:
             u = torch.as_tensor(np.asarray(batch["user_idx"]), dtype=torch.long, device=self.device)
             i = torch.as_tensor(np.asarray(batch["item_idx"]), dtype=torch.long, device=self.device)
             r = torch.as_tensor(np.asarray(batch["rating"]), dtype=torch.float32, device=self.device)
+            global_step = epoch * self.steps_per_epoch + steps
+            if self.strategy.on_step(self.optimizer, global_step):
+                self._rebase_lrs()
+            k_step = k if self.strategy.encoder_trains(epoch, global_step) else 0
+            encoder_stepped |= k_step > 0
             uniq = np.unique(np.asarray(batch["item_idx"]))
-            pick = rng.choice(uniq, size=min(k, len(uniq)), replace=False) if k else uniq[:0]
+            pick = rng.choice(uniq, size=min(k_step, len(uniq)), replace=False) if k_step else uniq[:0]
             enc = torch.as_tensor(np.sort(pick), dtype=torch.long, device=self.device)
-            self._set_lr(epoch * self.steps_per_epoch + steps)
+            self._set_lr(global_step)
             loss, logs, fresh = self.engine.module(u, i, r, enc, gen)
             self.engine.step(loss)
             if fresh is not None:
@@ -211,16 +259,24 @@ class TwoTowerRecipe:
                 log.info("epoch %d step %d loss %.4f %s %.0f interactions/s", epoch, steps, sums["loss"] / steps,
                          " ".join(f"{k}={v / steps:.4f}" for k, v in sums.items() if k.startswith("loss_")),
                          rows / el)
-        if o.finetune_encoder and o.refresh_every_epochs and (epoch + 1) % o.refresh_every_epochs == 0:
+        if encoder_stepped and o.refresh_every_epochs and (epoch + 1) % o.refresh_every_epochs == 0:
             self._refresh_text()
         seconds = time.perf_counter() - start
         self.epoch = epoch + 1
         out = {k: v / max(steps, 1) for k, v in sums.items()}
         out.update(epoch=float(epoch), steps=float(steps), interactions=float(rows), items_encoded=float(encoded),
-                   seconds=seconds, interactions_per_s=rows / max(seconds, 1e-9))
+                   seconds=seconds, interactions_per_s=rows / max(seconds, 1e-9), **self.trainable_params)
+        if self.strategy.unfreezing is not None:  # the trainable set grows stage by stage
+            out["encoder_trainable_params"] = float(sum(
+                p.numel() for g in self.optimizer.param_groups if str(g.get("name", "")).startswith("encoder.")
+                and g["lr"] > 0 for p in g["params"] if p.requires_grad))
         log.info("epoch %d done: %d steps, %.1f s, %.0f interactions/s, loss %.4f", epoch, steps, seconds,
                  out["interactions_per_s"], out.get("loss", float("nan")))
         return out
+
+    def _rebase_lrs(self) -> None:
+        """A strategy hook (re)set the groups' LRs: the schedule scales those from now on."""
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
 
     def _set_lr(self, global_step: int) -> None:
         """LR of every group at ``global_step`` (a pure function of the step, so a resumed run continues it)."""
@@ -292,6 +348,7 @@ class TwoTowerRecipe:
         """Serving artifact (safetensors + tokenizer + manifest); call on rank 0 (on every rank under ZeRO-3)."""
         from lmrec.models.artifact import save_artifact
 
+        self.strategy.before_export(self.model)  # e.g. LoRA adapters merged: a plain encoder is served
         if not self._cache_fresh:
             self._refresh_text()  # precomputed item embeddings must come from the final encoder
         tokenizer = load_tokenizer(self.spec.model.encoder)

@@ -101,6 +101,35 @@ def _restore_best(recipe: TwoTowerRecipe, best_epoch: int) -> dict | None:
     return None
 
 
+def _meta_learning_loop(spec: TrainSpec, data, destination: str, rank: int) -> dict | None:
+    """``strategy: meta_learning``: its own single-process loop on rank 0 (``lmrec.training.meta_job``); every
+    rank reports the same metrics once, so the ranks' ``ray.train.report`` calls line up."""
+    import pyarrow.fs
+    import torch.distributed as dist
+
+    from lmrec.training.engines import distributed_world
+    from lmrec.training.meta_job import run_meta_job
+
+    summary = None
+    if rank == 0:
+        with tempfile.TemporaryDirectory(prefix="lmrec-meta-") as tmp:
+            local = destination if "://" not in destination else os.path.join(tmp, "artifact")
+            res = run_meta_job(spec, data, ray.train.torch.get_device(), local)
+            if local != destination:
+                fs, fs_path = pyarrow.fs.FileSystem.from_uri(destination)
+                pyarrow.fs.copy_files(local, fs_path, destination_filesystem=fs)
+        last = {**res.history[-1], **res.metrics} if res.history else dict(res.metrics)
+        summary = {"artifact_path": destination, "history": res.history, "best_epoch": len(res.history) - 1,
+                   "best_metrics": last, "start_epoch": 0}
+    initialised, world, _ = distributed_world()
+    if initialised and world > 1:
+        box = [summary]
+        dist.broadcast_object_list(box, src=0)
+        summary = box[0]
+    ray.train.report(summary["best_metrics"])
+    return summary if rank == 0 else None
+
+
 def train_loop_per_worker(config: dict) -> dict | None:
     """Ray Train entry point; see the module docstring. Rank 0 returns the run summary (``Result.return_value``)."""
     _setup_logging()
@@ -109,6 +138,8 @@ def train_loop_per_worker(config: dict) -> dict | None:
     data = ray.get(config["data_ref"])
     with tempfile.TemporaryDirectory(prefix="lmrec-worker-") as workdir:  # DeepSpeed reads its JSON at init
         spec = _materialise_spec(config, workdir)
+        if spec.strategy.name == "meta_learning":
+            return _meta_learning_loop(spec, data, config["artifact_path"], rank)
         recipe = TwoTowerRecipe(spec, data, device=ray.train.torch.get_device(), world_size=world_size, rank=rank)
 
     start_epoch, history = 0, []
@@ -135,6 +166,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
             batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=config["shuffle_buffer"],
             local_shuffle_seed=spec.seed * 100_003 + epoch * 101 + rank,
         )
+        batches = recipe.epoch_batches(epoch, batches)  # a curriculum replaces the shard with its own sampler
         train_metrics = recipe.train_epoch(epoch, _with_fault(batches, config.get("fault"), epoch, rank))
         val_metrics = recipe.validate()
         last = {**train_metrics, **val_metrics, "epoch": epoch, "resumed_at_epoch": start_epoch}

@@ -1,0 +1,46 @@
+"""The meta-learning job: ``strategy: meta_learning`` in a ``TrainSpec`` routes here instead of the two-tower
+recipe (its loop differs in shape: batches are users split into support and query sets; see
+``lmrec.strategies.meta_loop``). Shared by ``train_local`` and the Ray Train worker; imports no ``ray``.
+
+The output folder holds the meta-trained weights (``model.safetensors``: item side + the fast-parameter init),
+the run's per-epoch history and its cold-user metrics (``metrics.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def run_meta_job(spec, data, device: str | torch.device = "cpu", artifact_dir: str | Path | None = None):
+    """Meta-train on ``data``'s warm users, evaluate its cold users; optionally write the weights and metrics."""
+    from lmrec.strategies.meta_loop import run_meta_learning
+    from lmrec.strategies.scopes import count_parameters
+
+    res = run_meta_learning(spec, data, device)
+    res.metrics["trainable_params"] = float(count_parameters(res.model).trainable)
+    log.info("meta-learning: %.1f s, cold users %s", res.fit_seconds,
+             {k: round(v, 4) for k, v in res.metrics.items()})
+    if artifact_dir is not None:
+        save_meta_model(res, artifact_dir, spec)
+    return res
+
+
+def save_meta_model(res, directory: str | Path, spec) -> Path:
+    """Weights as safetensors (no pickle) + JSON with the spec, history and cold-user metrics."""
+    from safetensors.torch import save_file
+
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in res.model.state_dict().items()},
+              str(root / "model.safetensors"))
+    (root / "metrics.json").write_text(json.dumps({
+        "kind": "meta_learning", "config": spec.model_dump(mode="json"), "history": res.history,
+        "metrics": res.metrics, "fit_seconds": res.fit_seconds, "encode_seconds": res.encode_seconds,
+    }, indent=2, default=float), encoding="utf-8")
+    return root
