@@ -1,4 +1,5 @@
-"""Shared fixtures: the real datasets (from $LMREC_DATA_DIR, else ../shared/data beside the repo)."""
+"""Shared fixtures: the real datasets (from $LMREC_DATA_DIR, else ../shared/data beside the repo) and tiny real
+serving artifacts (random 2-layer BERT, ML-100K slice), built once per session."""
 
 from __future__ import annotations
 
@@ -25,3 +26,33 @@ def ml100k(data_dir: Path):
     from lmrec.data import load_dataset
 
     return load_dataset("ml-100k", data_dir=data_dir)
+
+
+TINY_SPEC = {
+    "name": "serve-tiny",
+    "seed": 0,
+    "data": {"dataset": "ml-100k", "split": {"kind": "per_user_random", "test_frac": 0.2, "valid_frac": 0.1, "seed": 0},
+             "max_users": 60, "max_items": 120},
+    "model": {"encoder_init": "random-tiny", "dim": 16, "max_length": 16, "max_history": 32},
+    "optim": {"epochs": 1, "batch_size": 256, "lr_heads": 0.01, "lr_encoder": 0.0, "items_encoded_per_step": 0,
+              "encode_batch_size": 128},
+}
+
+
+@pytest.fixture(scope="session")
+def serving_artifacts(data_dir: Path, tmp_path_factory) -> dict:
+    """Two two-tower artifact versions (seeds 0 and 1) and an MF artifact, all on the same split."""
+    from lmrec.config.train import TrainSpec
+    from lmrec.serving.mf_artifact import train_mf_artifact
+    from lmrec.training.data import prepare_data
+    from lmrec.training.local import train_local
+
+    os.environ.setdefault("LMREC_DATA_DIR", str(data_dir))  # prepare_data finds datasets through it
+    root = tmp_path_factory.mktemp("artifacts")
+    spec = TrainSpec.model_validate(TINY_SPEC)
+    data = prepare_data(spec)
+    train_local(spec, data, device="cpu", artifact_dir=root / "two-tower-v1")
+    train_local(spec.model_copy(update={"seed": 1}), data, device="cpu", artifact_dir=root / "two-tower-v2")
+    train_mf_artifact(data, root / "mf", factors=8, epochs=10)
+    return {"v1": root / "two-tower-v1", "v2": root / "two-tower-v2", "mf": root / "mf", "data": data}
+

@@ -16,7 +16,6 @@ requests, but slower). ``build_bare_app`` builds the same routes over in-process
 # No "from __future__ import annotations": Serve reads build_app's annotation with inspect.signature to validate
 # the args block into ServeAppArgs, which needs the class object, not a string.
 import inspect
-from pathlib import Path
 
 from pydantic import Field, model_validator
 
@@ -31,8 +30,12 @@ class EnsembleWeights(StrictModel):
 class ServeAppArgs(StrictModel):
     """Arguments of ``build_app`` (the ``args:`` block of a Serve config file)."""
 
-    two_tower_artifact: str = Field(description="Folder of a two-tower artifact (lmrec.models.artifact).")
-    mf_artifact: str | None = Field(None, description="Folder of an MF artifact (lmrec.serving.mf_artifact).")
+    two_tower_artifact: str = Field(
+        description="Two-tower artifact (lmrec.models.artifact): a folder or a storage URI (s3://, file://, ...)."
+    )
+    mf_artifact: str | None = Field(
+        None, description="MF artifact (lmrec.serving.mf_artifact): a folder or a storage URI."
+    )
     weights: EnsembleWeights = Field(default_factory=EnsembleWeights, description="Fusion weights per member.")
     max_body_bytes: int = Field(65536, ge=1024, le=16 * 2**20, description="Larger request bodies get 413.")
     liked_threshold: float = Field(4.0, description="Ratings at or above this count as liked (explanations).")
@@ -45,10 +48,15 @@ class ServeAppArgs(StrictModel):
 
 
 def check_artifacts(args: ServeAppArgs) -> None:
-    """Fail at build time, with the path, when an artifact folder is missing (hashes are checked at load)."""
+    """Fail at build time, with the location, when an artifact folder is missing (hashes are checked at load).
+
+    Locations are local folders or URIs (``lmrec.storage``); a URI with a traversal segment is refused here.
+    """
+    from lmrec.storage import exists, join, normalize
+
     for path in (args.two_tower_artifact, args.mf_artifact):
-        if path is not None and not (Path(path) / "manifest.json").is_file():
-            raise FileNotFoundError(f"{Path(path).resolve()}: no manifest.json (not an artifact folder)")
+        if path is not None and not exists(join(path, "manifest.json")):
+            raise FileNotFoundError(f"{normalize(path)}: no manifest.json (not an artifact folder)")
 
 
 def build_app(args: ServeAppArgs):
@@ -57,15 +65,16 @@ def build_app(args: ServeAppArgs):
     from lmrec.serving.ensemble import EnsembleIngress
     from lmrec.serving.catalog import ItemCatalog
     from lmrec.serving.scorers import MFScorer, TwoTowerScorer
+    from lmrec.storage import normalize
 
     args = ServeAppArgs.model_validate(args) if not isinstance(args, ServeAppArgs) else args
     check_artifacts(args)
-    tt_config = {"artifact_dir": str(Path(args.two_tower_artifact).resolve())}
+    tt_config = {"artifact_dir": normalize(args.two_tower_artifact)}
     two_tower = TwoTowerScorer.options(user_config=tt_config).bind()
     encoder = TextEncoderService.options(user_config=tt_config).bind()
     mf = None
     if args.mf_artifact is not None:
-        mf = MFScorer.options(user_config={"artifact_dir": str(Path(args.mf_artifact).resolve())}).bind()
+        mf = MFScorer.options(user_config={"artifact_dir": normalize(args.mf_artifact)}).bind()
     return EnsembleIngress.bind(two_tower, mf, encoder, ItemCatalog.bind(), args.weights.model_dump(),
                                 args.max_body_bytes, args.liked_threshold)
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from lmrec.config.base import SpecError, load_yaml
+from lmrec.storage import is_uri, normalize
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,11 @@ def _absolute_artifacts(raw: dict, base: Path) -> dict:
     for app in out.get("applications", []):
         args = app.get("args") or {}
         for key in ("two_tower_artifact", "mf_artifact"):
-            if isinstance(args.get(key), str):
+            if isinstance(args.get(key), str) and not is_uri(args[key]):
                 args[key] = str((base / args[key]).resolve())
         for d in app.get("deployments", []):
             uc = d.get("user_config")
-            if isinstance(uc, dict) and isinstance(uc.get("artifact_dir"), str):
+            if isinstance(uc, dict) and isinstance(uc.get("artifact_dir"), str) and not is_uri(uc["artifact_dir"]):
                 uc["artifact_dir"] = str((base / uc["artifact_dir"]).resolve())
     return out
 
@@ -78,7 +79,7 @@ def with_artifacts(raw: dict, two_tower_artifact: str | None = None, mf_artifact
             if name not in deployments:
                 deployments[name] = {"name": name}
                 app["deployments"].append(deployments[name])
-            deployments[name]["user_config"] = {"artifact_dir": str(Path(path).resolve())}
+            deployments[name]["user_config"] = {"artifact_dir": normalize(path)}
     return out
 
 

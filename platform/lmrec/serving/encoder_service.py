@@ -18,6 +18,7 @@ import torch
 from ray import serve
 
 from lmrec.models.artifact import sha256_file
+from lmrec.storage import local_artifact, normalize
 
 
 class TextEncoderCore:
@@ -26,7 +27,7 @@ class TextEncoderCore:
     def __init__(self, artifact_dir: str | Path) -> None:
         from lmrec.models.artifact import load_artifact
 
-        root = Path(artifact_dir)
+        root = local_artifact(artifact_dir)  # a URI is fetched into the local cache first
         art = load_artifact(root)
         self.encoder = art.model.encoder.eval()
         self.tokenizer = art.tokenizer
@@ -55,10 +56,10 @@ class TextEncoderService:
         self.busy_s = 0.0
 
     async def reconfigure(self, config: dict) -> None:
-        artifact_dir = config["artifact_dir"]
-        if self.core is None or Path(artifact_dir).resolve() != getattr(self, "_dir", None):
+        artifact_dir = normalize(config["artifact_dir"])  # local path or URI
+        if self.core is None or artifact_dir != getattr(self, "_dir", None):
             core = await asyncio.to_thread(TextEncoderCore, artifact_dir)
-            self.core, self._dir = core, Path(artifact_dir).resolve()
+            self.core, self._dir = core, artifact_dir
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def encode(self, texts: list[str]) -> list[tuple[str, np.ndarray]]:

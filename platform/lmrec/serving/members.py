@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from lmrec.models.artifact import sha256_file
+from lmrec.storage import local_artifact
 from lmrec.serving.protocol import IdMap, VersionSkew
 
 
@@ -35,7 +36,7 @@ class TwoTowerMember:
     def __init__(self, artifact_dir: str | Path) -> None:
         from lmrec.models.artifact import load_artifact
 
-        root = Path(artifact_dir)
+        root = local_artifact(artifact_dir)  # a URI is fetched into the local cache first
         art = load_artifact(root)
         self.model = art.model
         t = art.embeddings
@@ -167,7 +168,7 @@ class MFMember:
     def __init__(self, artifact_dir: str | Path, fold_in_l2: float = 0.1) -> None:
         from lmrec.serving.mf_artifact import load_mf_artifact
 
-        root = Path(artifact_dir)
+        root = local_artifact(artifact_dir)
         self.art = load_mf_artifact(root)
         self.users = IdMap(self.art.user_ids)
         self.item_ids = list(self.art.item_ids)

@@ -9,7 +9,6 @@ Requests that started on the old model finish on it: a hot swap fails no request
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,6 +16,7 @@ from ray import serve
 
 from lmrec.serving.members import MFMember, TwoTowerMember
 from lmrec.serving.protocol import call_member
+from lmrec.storage import normalize
 
 
 class _MemberDeployment:
@@ -28,10 +28,10 @@ class _MemberDeployment:
         # a replica holds a fraction of a core: more intra-op threads would only spin against the other replicas
         torch.set_num_threads(1)
         self.member: Any = None
-        self._dir: Path | None = None
+        self._dir: str | None = None
 
     async def reconfigure(self, config: dict) -> None:
-        target = Path(config["artifact_dir"]).resolve()
+        target = normalize(config["artifact_dir"])  # local path or URI (fetched by the member)
         if self.member is None or target != self._dir:
             member = await asyncio.to_thread(self.member_cls, target)
             self.member, self._dir = member, target
