@@ -66,6 +66,15 @@ def _is_model(tp) -> bool:
     return inspect.isclass(tp) and issubclass(tp, BaseModel)
 
 
+def _unwrap(tp, discriminator: str | None) -> tuple[object, str | None]:
+    """``Annotated[X, Field(discriminator=...)]`` -> (X, that discriminator); other types pass through."""
+    while typing.get_origin(tp) is typing.Annotated:
+        tp, *meta = typing.get_args(tp)
+        discriminator = next((m.discriminator for m in meta if isinstance(m, FieldInfo) and m.discriminator),
+                             discriminator)
+    return tp, discriminator
+
+
 def _anchor(*parts: str) -> str:
     text = "-".join(p for p in parts if p)
     return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
@@ -108,11 +117,8 @@ class Renderer:
         return anchor
 
     def _visit_type(self, tp, path: str, discriminator: str | None = None) -> None:
+        tp, discriminator = _unwrap(tp, discriminator)
         origin = typing.get_origin(tp)
-        if origin is typing.Annotated:
-            inner, *meta = typing.get_args(tp)
-            disc = next((m.discriminator for m in meta if isinstance(m, FieldInfo) and m.discriminator), None)
-            return self._visit_type(inner, path, disc or discriminator)
         if _is_model(tp):
             self.visit(tp, path)
             return
@@ -128,11 +134,8 @@ class Renderer:
             self._visit_type(a, path, discriminator)
 
     def type_name(self, tp, path: str, discriminator: str | None = None) -> str:
+        tp, discriminator = _unwrap(tp, discriminator)
         origin = typing.get_origin(tp)
-        if origin is typing.Annotated:
-            inner, *meta = typing.get_args(tp)
-            disc = next((m.discriminator for m in meta if isinstance(m, FieldInfo) and m.discriminator), None)
-            return self.type_name(inner, path, disc or discriminator)
         if _is_model(tp):
             return f"[section](#{self.anchors[(path, tp)]})"
         if origin is typing.Literal:

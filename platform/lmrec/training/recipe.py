@@ -106,7 +106,8 @@ class TwoTowerRecipe:
     """
 
     def __init__(self, spec: TrainSpec, data: PreparedData, *, device: torch.device, world_size: int = 1,
-                 rank: int = 0, item_text: torch.Tensor | None = None) -> None:
+                 rank: int = 0, item_text: torch.Tensor | None = None,
+                 init_state: dict | None = None) -> None:
         self.spec, self.data, self.device = spec, data, torch.device(device)
         self.world_size, self.rank = world_size, rank
         torch.manual_seed(spec.seed)
@@ -115,6 +116,8 @@ class TwoTowerRecipe:
         self.engine_name = resolve_engine(spec.scaling.engine, self.device)
         start = time.perf_counter()
         self.model = build_model(spec, data.n_users, data.n_items, build_student_encoder(spec)).to(self.device)
+        if init_state is not None:  # an incremental fine-tune starts from a deployed artifact's weights
+            self._load_weights(init_state)
         loaded = time.perf_counter()
         self._init_state(item_text)
         # setup cost split: loading the encoder is the same for any recipe; the item-text precompute is ours
@@ -158,10 +161,11 @@ class TwoTowerRecipe:
     def _init_state(self, item_text: torch.Tensor | None = None) -> None:
         """Data-derived buffers: global mean, histories, seen gate, and the first (frozen) text encodings."""
         m, d = self.model, self.data
-        m.global_mean.fill_(float(d.train["rating"].mean()))
-        m.rating_range.copy_(torch.tensor([float(d.train["rating"].min()), float(d.train["rating"].max())]))
-        m.set_history(d.train)
-        m.set_seen_items(d.train["item_idx"].to_numpy())
+        known = d.known()
+        m.global_mean.fill_(float(known["rating"].mean()))
+        m.rating_range.copy_(torch.tensor([float(known["rating"].min()), float(known["rating"].max())]))
+        m.set_history(known)
+        m.set_seen_items(known["item_idx"].to_numpy())
         if item_text is not None and d.user_tokens is None:
             if tuple(item_text.shape) != tuple(m.item_text.shape):
                 raise ValueError(f"item_text is {tuple(item_text.shape)}, the model's encoder gives "
@@ -172,6 +176,12 @@ class TwoTowerRecipe:
             self._refresh_text()
         if not self.spec.optim.finetune_encoder:
             m.encoder.requires_grad_(False)
+
+    def _load_weights(self, state: dict) -> None:
+        """Trained weights in; ``_init_state`` then rebuilds the data-derived buffers (history, gate, text cache)."""
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - {"history"}:
+            raise ValueError(f"initial weights do not fit the model: missing {missing}, unexpected {unexpected}")
 
     def _refresh_text(self) -> None:
         d, bs = self.data, self.spec.optim.encode_batch_size
@@ -306,7 +316,7 @@ class TwoTowerRecipe:
             rec = self.as_recommender()
             if self.objective.task("rating") is not None:
                 out.update(RatingTask.validate(rec, valid))
-            out.update(ClickTask.validate(rec, self.data.train, valid))
+            out.update(ClickTask.validate(rec, self.data.known(), valid))
         out.update(self._observe(out))
         return out
 
@@ -359,4 +369,5 @@ class TwoTowerRecipe:
                 directory, self.model, tokenizer, spec=self.spec.model_dump(mode="json"),
                 fingerprint=self.data.fingerprint, user_ids=self.data.user_ids, item_ids=self.data.item_ids,
                 metrics=metrics or (self.history[-1] if self.history else {}),
+                data_cutoff=self.data.trained_until(), lineage=self.data.lineage,
             ))

@@ -140,7 +140,9 @@ def train_loop_per_worker(config: dict) -> dict | None:
         spec = _materialise_spec(config, workdir)
         if spec.strategy.name == "meta_learning":
             return _meta_learning_loop(spec, data, config["artifact_path"], rank)
-        recipe = TwoTowerRecipe(spec, data, device=ray.train.torch.get_device(), world_size=world_size, rank=rank)
+        init_ref = config.get("init_state_ref")  # an incremental fine-tune's starting weights
+        recipe = TwoTowerRecipe(spec, data, device=ray.train.torch.get_device(), world_size=world_size, rank=rank,
+                                init_state=ray.get(init_ref) if init_ref is not None else None)
 
     start_epoch, history = 0, []
     checkpoint = ray.train.get_checkpoint()
