@@ -80,6 +80,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except SpecError as e:
         print(f"lmrec train: error: {e}", file=sys.stderr)
         return 2
+    if args.from_artifact:
+        from lmrec.training.incremental import main_incremental
+
+        return main_incremental(args.spec, overrides, args.from_artifact)
     return main_train(args.spec, overrides, resume=not args.no_resume)
 
 
@@ -121,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("spec", help="jobs/<name>.yaml")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a dotted spec key (repeatable)")
     tr.add_argument("--no-resume", action="store_true", help="start fresh even if the run has checkpoints")
+    tr.add_argument("--from-artifact", metavar="URI", help="fine-tune this deployed artifact (or artifact store) on "
+                    "the interactions newer than it; promote the result only if it is not worse (spec.incremental)")
     tr.set_defaults(func=_cmd_train)
 
     sv = sub.add_parser("serve", help="run a Serve config locally (on a cluster: serve deploy <file>)")

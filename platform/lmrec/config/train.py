@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from lmrec.config.base import StrictModel
+from lmrec.config.incremental import IncrementalSpec
 from lmrec.config.scaling import ScalingSpec
 from lmrec.data.splits import ML100KCanonicalSpec, SplitSpec
 from lmrec.strategies.spec import FullStrategy, StrategySpec
@@ -128,6 +129,8 @@ class TrainSpec(StrictModel):
     optim: OptimSpec = Field(default_factory=OptimSpec, description="Optimizer and step shape.")
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec, description="Best-epoch rule.")
     scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Workers, resources, engine.")
+    incremental: IncrementalSpec = Field(
+        default_factory=IncrementalSpec, description="Fine-tuning a deployed artifact on new data (--from-artifact).")
     strategy: StrategySpec = Field(
         default_factory=FullStrategy, description="Transfer strategy (lmrec.strategies.spec): scope, schedule, ...")
 

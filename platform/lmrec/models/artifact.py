@@ -3,7 +3,8 @@
 Layout of an artifact folder::
 
     manifest.json             format, model arguments, training config, dataset fingerprint, metrics,
-                              and the sha256 of every other file
+                              data_cutoff (newest interaction timestamp trained on), lineage (parent
+                              artifact of an incremental fine-tune), and the sha256 of every other file
     model.safetensors         TwoTowerModel state dict (encoder, towers, heads, item-text cache, histories)
     item_embeddings.safetensors  precomputed item/user vectors, item biases, interest-space vectors
     encoder_config.json       the backbone's HF config (rebuilds the architecture without the hub)
@@ -80,6 +81,8 @@ def save_artifact(
     user_ids: np.ndarray,
     item_ids: np.ndarray,
     metrics: dict | None = None,
+    data_cutoff: int | None = None,
+    lineage: dict | None = None,
 ) -> Path:
     """Write the artifact folder (see module docstring); returns its path."""
     root = Path(directory)
@@ -99,6 +102,8 @@ def save_artifact(
         "model_args": model_args(model),
         "config": spec,
         "dataset_fingerprint": fingerprint,
+        "data_cutoff": data_cutoff,
+        "lineage": lineage or {},
         "metrics": {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))},
         "files": files,
     }

@@ -41,6 +41,20 @@ class PreparedData:
     cold_items: np.ndarray | None = None
     split_params: dict = field(default_factory=dict)
     fingerprint: str = ""
+    # Every interaction the model may know when ``train`` is only a sample of them (an incremental fine-tune
+    # trains on new rows + a replay sample): user histories, the seen-item gate and the global mean come from it.
+    context: pd.DataFrame | None = None
+    lineage: dict = field(default_factory=dict)  # written to the artifact manifest (parent artifact, selection)
+
+    def known(self) -> pd.DataFrame:
+        """The interactions behind histories, seen items and the global mean: ``context`` if set, else train."""
+        return self.train if self.context is None else self.context
+
+    def trained_until(self) -> int | None:
+        """Newest timestamp the run learned from (train, valid, context): the artifact's ``data_cutoff``."""
+        stamps = [int(f["timestamp"].max()) for f in (self.known(), self.train, self.valid)
+                  if f is not None and len(f) and "timestamp" in f]
+        return max(stamps) if stamps and max(stamps) > 0 else None  # 0 = the dataset has no timestamps
 
     def train_frame(self) -> pd.DataFrame:
         """The training interactions Ray Data shards: columns user_idx, item_idx (int64), rating (float32)."""
@@ -97,8 +111,9 @@ def build_prepared(
     cold_items: np.ndarray | None = None,
     split_params: dict | None = None,
     tokenizer=None,
+    context: pd.DataFrame | None = None,
 ) -> PreparedData:
-    """Tokenise texts and pack split frames; used by ``prepare_data`` and by tests with hand-made frames."""
+    """Tokenise texts and pack split frames; used by ``prepare_data``, the incremental job and tests."""
     from lmrec.models.encoder import load_tokenizer, tokenize_texts
 
     if len(item_texts) != dataset.n_items:
@@ -110,8 +125,9 @@ def build_prepared(
         from lmrec.data.text import default_user_template, render_user_texts
 
         template = spec.data.user_template or default_user_template(dataset.name)
-        # user texts may only reveal the training history
-        u_ids, u_len = tokenize_texts(tokenizer, render_user_texts(dataset, train, template), spec.model.max_length)
+        # user texts may only reveal the training history (all of it when train is a sample of ``context``)
+        history = train if context is None else context
+        u_ids, u_len = tokenize_texts(tokenizer, render_user_texts(dataset, history, template), spec.model.max_length)
 
     def compact(df: pd.DataFrame | None) -> pd.DataFrame | None:
         if df is None or len(df) == 0:
@@ -142,18 +158,26 @@ def build_prepared(
         cold_items=cold_items,
         split_params=params,
         fingerprint=fingerprint(dataset.name, params, train_c, list(item_texts)),
+        context=compact(context),
     )
 
 
-def prepare_data(spec: TrainSpec) -> PreparedData:
-    """Load the dataset, make the split, render and tokenise item texts once (see module docstring)."""
+def load_spec_dataset(spec: TrainSpec) -> Dataset:
+    """``spec.data.dataset``, cut to ``max_users`` x ``max_items`` when the spec asks for a slice."""
     from lmrec.data.registry import load_dataset
-    from lmrec.data.splits import make_split
-    from lmrec.data.text import default_item_template, render_item_texts
 
     dataset = load_dataset(spec.data.dataset)
     if spec.data.max_users is not None or spec.data.max_items is not None:
         dataset = _slice(dataset, spec.data.max_users, spec.data.max_items)
+    return dataset
+
+
+def prepare_data(spec: TrainSpec) -> PreparedData:
+    """Load the dataset, make the split, render and tokenise item texts once (see module docstring)."""
+    from lmrec.data.splits import make_split
+    from lmrec.data.text import default_item_template, render_item_texts
+
+    dataset = load_spec_dataset(spec)
     split = make_split(dataset, spec.data.split)
     train, valid = split.train, split.valid
     params = dict(split.params)

@@ -197,11 +197,13 @@ class TrainRun:
 
 
 def build_trainer(spec: TrainSpec, *, spec_path: str | Path | None = None, resume: bool = True,
-                  callbacks: list | None = None) -> TrainRun:
+                  callbacks: list | None = None, data=None, init_state: dict | None = None) -> TrainRun:
     """Check and prepare everything, then build the ``TorchTrainer`` for ``spec`` (not started).
 
     ``lmrec train`` fits it directly; a Ray Tune trial (``lmrec.tuning``) builds the same trainer with a
-    ``TuneReportCallback`` in ``callbacks`` so every epoch's report reaches the trial.
+    ``TuneReportCallback`` in ``callbacks`` so every epoch's report reaches the trial. An incremental
+    fine-tune (``lmrec.training.incremental``) passes its own ``data`` (a ``PreparedData``) and the starting
+    weights ``init_state`` (a state dict) instead of the spec's split and fresh weights.
     """
     import ray
     import ray.data
@@ -217,7 +219,7 @@ def build_trainer(spec: TrainSpec, *, spec_path: str | Path | None = None, resum
     run_path = f"{storage.rstrip('/')}/{name}"
     fault = fault_from_env(run_path)
 
-    data = prepare_data(spec)
+    data = prepare_data(spec) if data is None else data
     frame = data.train_frame()
     # Shuffle once here: source files are often sorted by user, and workers only shuffle within a local buffer.
     frame = frame.iloc[np.random.default_rng(spec.seed).permutation(len(frame))].reset_index(drop=True)
@@ -238,6 +240,7 @@ def build_trainer(spec: TrainSpec, *, spec_path: str | Path | None = None, resum
         "artifact_path": f"{run_path}/artifact",
         "shuffle_buffer": min(rows_per_worker, 4 * spec.optim.batch_size),
         "fault": fault,
+        "init_state_ref": ray.put(init_state) if init_state is not None else None,
     }
     metric = spec.early_stopping.metric
     trainer = TorchTrainer(
@@ -266,9 +269,10 @@ def build_trainer(spec: TrainSpec, *, spec_path: str | Path | None = None, resum
     return TrainRun(trainer, name, run_path, metric, spec.early_stopping.mode, has_valid, started)
 
 
-def train(spec: TrainSpec, *, spec_path: str | Path | None = None, resume: bool = True) -> TrainResult:
+def train(spec: TrainSpec, *, spec_path: str | Path | None = None, resume: bool = True, data=None,
+          init_state: dict | None = None) -> TrainResult:
     """Run ``spec`` on Ray Train (see the module docstring) and return metrics, checkpoint and artifact paths."""
-    return build_trainer(spec, spec_path=spec_path, resume=resume).fit()
+    return build_trainer(spec, spec_path=spec_path, resume=resume, data=data, init_state=init_state).fit()
 
 
 def main_train(spec_path: str, overrides: dict | None = None, resume: bool = True) -> int:
