@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # local demo/test clusters listen on loopback only; see README "Ray authentication"
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast cluster-smoke docs bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,15 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# two Ray nodes (separate `ray start` processes on loopback), a training job through the Jobs API, the worker node
+# killed after the first checkpoint and replaced: the job resumes and matches an uninterrupted run
+cluster-smoke: setup
+	$(BIN)/python -m pytest -q -s tests/integration/test_multinode.py
+
+# docs/reference.md from the pydantic schemas (tests/configs/test_reference_docs.py checks it is current)
+docs: setup
+	$(BIN)/python -m lmrec.config.reference
 
 bench: setup
 	$(BIN)/python benchmarks/baselines.py
