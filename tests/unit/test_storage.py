@@ -103,3 +103,19 @@ def test_local_artifact_without_manifest_is_an_error(tmp_path, memory_root):
         local_artifact(f"{memory_root}/x", tmp_path / "cache")
     with pytest.raises(StorageError, match="traversal"):
         local_artifact(f"{memory_root}/x/../x", tmp_path / "cache")
+
+
+def test_a_run_cannot_leave_its_storage(tmp_path):
+    """The training driver builds ``<storage>/<name>`` with ``join``: traversal in either is a spec error."""
+    from lmrec.config.base import SpecError
+    from lmrec.config.train import TrainSpec
+    from lmrec.training.ray_train import run_location
+
+    ok = TrainSpec.model_validate({"name": "run-1", "scaling": {"storage_path": f"file://{tmp_path}/runs"}})
+    assert run_location(ok, resume=True) == (f"file://{tmp_path}/runs", "run-1")
+    local = TrainSpec.model_validate({"name": "run-1", "scaling": {"storage_path": str(tmp_path / "runs")}})
+    assert run_location(local, resume=True) == (str(tmp_path / "runs"), "run-1")
+    for name, storage in (("../escape", str(tmp_path)), ("a/b", str(tmp_path)), ("run", "s3://bucket/x/../y")):
+        bad = TrainSpec.model_validate({"name": name, "scaling": {"storage_path": storage}})
+        with pytest.raises(SpecError):
+            run_location(bad, resume=True)

@@ -28,6 +28,7 @@ from pydantic import Field, ValidationError
 
 from lmrec.config.base import SpecError, StrictModel, load_spec
 from lmrec.config.train import TrainSpec
+from lmrec.storage import StorageError, exists, is_uri, join, normalize
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,7 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def _is_uri(path: str) -> bool:
-    return "://" in path
+_is_uri = is_uri  # lmrec.storage decides what is a URI; this name stays for existing callers
 
 
 def resolve_deepspeed_config(spec: TrainSpec, spec_path: str | Path | None) -> dict | None:
@@ -118,22 +118,19 @@ def fault_from_env(run_path: str) -> dict | None:
     return fault.model_dump()
 
 
-def _run_exists(run_path: str) -> bool:
-    import pyarrow.fs
-
-    if _is_uri(run_path):
-        fs, path = pyarrow.fs.FileSystem.from_uri(run_path)
-    else:
-        fs, path = pyarrow.fs.LocalFileSystem(), run_path
-    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
-
-
 def run_location(spec: TrainSpec, resume: bool) -> tuple[str, str]:
-    """(storage_path, run name). Resuming reuses ``spec.name``; a fresh run of an existing name gets a timestamp."""
-    storage = spec.scaling.storage_path or DEFAULT_STORAGE
-    storage = storage if _is_uri(storage) else str(Path(storage).expanduser().resolve())
+    """(storage_path, run name). Resuming reuses ``spec.name``; a fresh run of an existing name gets a timestamp.
+
+    The storage is a local path (made absolute) or a URI (``lmrec.storage``); the run name must be one plain path
+    segment, so neither can point the run's checkpoints and artifact outside the storage.
+    """
+    try:
+        storage = normalize(spec.scaling.storage_path or DEFAULT_STORAGE)
+        run_path = join(storage, spec.name)
+    except StorageError as e:
+        raise SpecError(f"scaling.storage_path / name: {e}") from None
     name = spec.name
-    if not resume and _run_exists(f"{storage.rstrip('/')}/{name}"):
+    if not resume and exists(run_path):
         name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         log.info("resume disabled and run %r exists: starting a fresh run %r", spec.name, name)
     return storage, name
@@ -216,7 +213,7 @@ def build_trainer(spec: TrainSpec, *, spec_path: str | Path | None = None, resum
     started = time.perf_counter()
     ds_config = resolve_deepspeed_config(spec, spec_path)
     storage, name = run_location(spec, resume)
-    run_path = f"{storage.rstrip('/')}/{name}"
+    run_path = join(storage, name)
     fault = fault_from_env(run_path)
 
     data = prepare_data(spec) if data is None else data
