@@ -87,6 +87,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return main_train(args.spec, overrides, resume=not args.no_resume)
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from lmrec.training.ray_train import parse_overrides
+    from lmrec.tuning.study import main_tune
+
+    return main_tune(args.spec, parse_overrides(args.set or []), resume=args.resume)  # SpecError: main() reports
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from lmrec.serving.cli import main_serve
 
@@ -128,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--from-artifact", metavar="URI", help="fine-tune this deployed artifact (or artifact store) on "
                     "the interactions newer than it; promote the result only if it is not worse (spec.incremental)")
     tr.set_defaults(func=_cmd_train)
+
+    tu = sub.add_parser("tune", help="hyperparameter search over a job spec on Ray Tune (ASHA + Optuna)")
+    tu.add_argument("spec", help="tune/<name>.yaml")
+    tu.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a dotted tune-spec key (repeatable)")
+    tu.add_argument("--resume", action="store_true", help="restore the interrupted study (Tuner.restore)")
+    tu.set_defaults(func=_cmd_tune)
 
     sv = sub.add_parser("serve", help="run a Serve config locally (on a cluster: serve deploy <file>)")
     sv.add_argument("config", help="serve/<app>.yaml")

@@ -10,7 +10,7 @@ from lmrec.config.base import load_spec
 from lmrec.config.train import TrainSpec
 
 ROOT = Path(__file__).resolve().parents[2]
-JOB_SPECS = sorted((ROOT / "jobs").glob("*.yaml"))
+JOB_SPECS = sorted((ROOT / "jobs").glob("*.yaml")) + sorted((ROOT / "jobs" / "tuned").glob("*.yaml"))
 STRATEGY_SPECS = sorted((ROOT / "jobs" / "strategies").glob("*.yaml"))
 SERVE_CONFIGS = sorted((ROOT / "serve").glob("*.yaml"))
 TUNE_SPECS = sorted((ROOT / "tune").glob("*.yaml"))
@@ -37,6 +37,14 @@ def test_job_specs_validate(path):
 def test_strategy_specs_validate(path):
     spec = load_spec(TrainSpec, path)
     assert spec.strategy.name == path.stem
+
+
+@pytest.mark.parametrize("path", TUNE_SPECS, ids=lambda p: p.name)
+def test_tune_specs_validate(path):
+    from lmrec.tuning.spec import load_tune_spec
+
+    spec, base = load_tune_spec(path)  # also validates the base job spec with every parameter at a probe value
+    assert base.is_file() and spec.params
 
 
 @pytest.mark.parametrize("path", SERVE_CONFIGS, ids=lambda p: p.name)
