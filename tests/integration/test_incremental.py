@@ -142,9 +142,10 @@ def test_promoted_candidate_is_served(world, capsys):
     started = time.perf_counter()
     out = _run_cli(capsys, str(world["spec"]), "--from-artifact", store.uri)
     seconds = time.perf_counter() - started
-    print(f"\nincremental run: {seconds:.1f} s; deployed {out['deployed']['metrics']}; "
-          f"candidate {out['candidate']['metrics']}; selection {out['selection']}; "
-          f"{out['new_users']} new users, {out['new_items']} new items")
+    with capsys.disabled():
+        print(f"\npromoted run: {seconds:.1f} s (training {out['candidate']['train_seconds']} s); "
+              f"deployed {out['deployed']['metrics']}; candidate {out['candidate']['metrics']}; "
+              f"selection {out['selection']}; {out['new_users']} new users, {out['new_items']} new items")
     assert out["status"] == "promoted", out["reason"]
     assert out["candidate"]["metrics"]["val_rmse"] <= out["deployed"]["metrics"]["val_rmse"]
     assert out["selection"]["old"] > 0 and out["selection"]["new_fit"] > 0 and out["selection"]["replay"] > 0
@@ -172,7 +173,9 @@ def test_worse_candidate_is_refused(world, capsys):
     # same new slice as the first round, an absurd head learning rate: the candidate must lose and be refused
     out = _run_cli(capsys, str(world["spec"]), "--from-artifact", store.uri,
                    "--set", f"incremental.after_timestamp={world['base_cutoff']}", "--set", "optim.lr_heads=1000")
-    print(f"\nrefused run: deployed {out['deployed']['metrics']}; candidate {out['candidate']['metrics']}")
+    with capsys.disabled():
+        print(f"\nrefused run: {out['seconds']:.1f} s; deployed {out['deployed']['metrics']}; "
+              f"candidate {out['candidate']['metrics']}")
     assert out["status"] == "refused", out["reason"]
     cand = out["candidate"]["metrics"]["val_rmse"]
     assert not np.isfinite(cand) or cand > out["deployed"]["metrics"]["val_rmse"]

@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lmrec import storage
 from lmrec.config.base import SpecError, load_spec
 from lmrec.config.train import TrainSpec
 from lmrec.data.schema import DataError, Dataset
@@ -56,26 +56,18 @@ ITEM_ROWS = ("item_bias.weight", "item_tower.id_embedding.weight", "item_tower.s
 
 # ---- the artifact store ----
 class ArtifactStore:
-    """Version folders ``vNNNN/`` and a ``CURRENT`` file under a local folder or a pyarrow-filesystem URI."""
+    """Version folders ``vNNNN/`` and a ``CURRENT`` file under a local folder or URI (``lmrec.storage``)."""
 
-    def __init__(self, uri: str) -> None:
-        import pyarrow.fs
+    def __init__(self, location: str) -> None:
+        self.uri = storage.normalize(location)
+        self.fs, self.path = storage.filesystem(self.uri)
 
-        self.uri = uri.rstrip("/")
-        if "://" in uri:
-            self.fs, self.path = pyarrow.fs.FileSystem.from_uri(self.uri)
-        else:
-            self.fs, self.path = pyarrow.fs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
-            self.uri = self.path
-
-    def _exists(self, rel: str) -> bool:
-        import pyarrow.fs
-
-        return self.fs.get_file_info(f"{self.path}/{rel}").type != pyarrow.fs.FileType.NotFound
+    def has(self, name: str) -> bool:
+        return storage.exists(storage.join(self.uri, name))
 
     def current(self) -> str | None:
         """The served version's folder name, or None when nothing was published yet."""
-        if not self._exists(CURRENT):
+        if not self.has(CURRENT):
             return None
         with self.fs.open_input_stream(f"{self.path}/{CURRENT}") as f:
             return f.read().decode().strip() or None
@@ -83,24 +75,19 @@ class ArtifactStore:
     def versions(self) -> list[str]:
         import pyarrow.fs
 
-        if not self._exists(""):
+        if not storage.exists(self.uri):
             return []
         infos = self.fs.get_file_info(pyarrow.fs.FileSelector(self.path))
         names = [i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory]
         return sorted(n for n in names if n[:1] == "v" and n[1:].isdigit())
 
     def location(self, version: str) -> str:
-        return f"{self.uri}/{version}"
+        return storage.join(self.uri, version)
 
     def publish(self, artifact_dir: str | Path) -> str:
         """Copy a local artifact folder in as the next version and point ``CURRENT`` at it; returns the name."""
-        import pyarrow.fs
-
-        numbers = [int(v[1:]) for v in self.versions()]
-        version = f"v{max(numbers, default=0) + 1:04d}"
-        self.fs.create_dir(f"{self.path}/{version}", recursive=True)
-        pyarrow.fs.copy_files(str(Path(artifact_dir).resolve()), f"{self.path}/{version}",
-                              source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=self.fs)
+        version = f"v{max((int(v[1:]) for v in self.versions()), default=0) + 1:04d}"
+        storage.upload_dir(artifact_dir, self.location(version))
         # write-then-rename: a reader sees the old CURRENT or the new one, never a partial file
         with self.fs.open_output_stream(f"{self.path}/{CURRENT}.tmp") as f:
             f.write(f"{version}\n".encode())
@@ -108,27 +95,17 @@ class ArtifactStore:
         return version
 
 
-def locate(uri: str) -> tuple[str, ArtifactStore | None]:
-    """(artifact location, its store or None) for a store URI or an artifact folder URI."""
-    store = ArtifactStore(uri)
+def locate(location: str) -> tuple[str, ArtifactStore | None]:
+    """(artifact location, its store or None) for a store or an artifact folder (local path or URI)."""
+    store = ArtifactStore(location)
     version = store.current()
     if version is not None:
         return store.location(version), store
-    if not store._exists("manifest.json"):
-        raise SpecError(f"--from-artifact {uri}: neither an artifact folder (manifest.json) nor a store (CURRENT)")
-    parent = ArtifactStore(store.uri.rsplit("/", 1)[0])
+    if not store.has("manifest.json"):
+        raise SpecError(f"--from-artifact {location}: neither an artifact folder (manifest.json) nor a store "
+                        f"(CURRENT)")
+    parent = ArtifactStore(store.uri.rstrip("/").rsplit("/", 1)[0])
     return store.uri, (parent if parent.current() is not None else None)
-
-
-def fetch(location: str, into: Path) -> Path:
-    """A local folder with the artifact at ``location`` (copied from an object store when it is a URI)."""
-    import pyarrow.fs
-
-    if "://" not in location:
-        return Path(location)
-    fs, path = pyarrow.fs.FileSystem.from_uri(location)
-    pyarrow.fs.copy_files(path, str(into), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
-    return into
 
 
 # ---- growing the id space ----
@@ -308,57 +285,54 @@ def run_incremental(spec: TrainSpec, from_artifact: str, *, spec_path: str | Pat
     started = time.perf_counter()
     inc = spec.incremental
     location, store = locate(from_artifact)
-    if inc.store is not None:
-        store = ArtifactStore(inc.store)
+    store = ArtifactStore(inc.store) if inc.store is not None else store
     if store is None:
         raise SpecError(f"{from_artifact} is not in an artifact store: set incremental.store for promotions")
-    with tempfile.TemporaryDirectory(prefix="lmrec-incremental-") as tmp:
-        art_dir = fetch(location, Path(tmp) / "deployed")
-        art = load_artifact(art_dir)
-        check_compatible(spec, art.manifest)
-        sha = sha256_file(art_dir / "manifest.json")
-        cutoff = inc.after_timestamp if inc.after_timestamp is not None else art.manifest.get("data_cutoff")
-        if cutoff is None:
-            raise SpecError(f"{location}: the manifest has no data_cutoff; set incremental.after_timestamp")
-        deployed = {"location": location, "sha256": sha, "data_cutoff": int(cutoff)}
+    art_dir = storage.local_artifact(location)  # a URI is downloaded into the manifest-keyed cache
+    art = load_artifact(art_dir)
+    check_compatible(spec, art.manifest)
+    sha = sha256_file(art_dir / "manifest.json")
+    cutoff = inc.after_timestamp if inc.after_timestamp is not None else art.manifest.get("data_cutoff")
+    if cutoff is None:
+        raise SpecError(f"{location}: the manifest has no data_cutoff; set incremental.after_timestamp")
+    deployed = {"location": location, "sha256": sha, "data_cutoff": int(cutoff)}
 
-        dataset = union_dataset(load_spec_dataset(spec), art.user_ids, art.item_ids)
-        selection = select_new(dataset.interactions, int(cutoff), spec)
-        if isinstance(selection, str):
-            log.info("nothing to fine-tune: %s", selection)
-            return IncrementalResult("skipped", selection, deployed, seconds=time.perf_counter() - started)
-        lineage = {"parent": {"sha256": sha, "location": location, "dataset_fingerprint":
-                              art.manifest.get("dataset_fingerprint"), "data_cutoff": int(cutoff)},
-                   "selection": selection.stats()}
-        data = _prepare(spec, selection, dataset, lineage)
-        result = IncrementalResult(
-            "refused", "", deployed, selection=selection.stats(), new_users=dataset.n_users - len(art.user_ids),
-            new_items=dataset.n_items - len(art.item_ids))
-        log.info("incremental: %s; %d new users, %d new items", result.selection, result.new_users,
-                 result.new_items)
-        rating = spec.tasks.rating.weight > 0
-        known = data.known()
-        deployed["metrics"] = holdout_metrics(deployed_recommender(art, data, spec.seed), known, data.test, rating)
+    dataset = union_dataset(load_spec_dataset(spec), art.user_ids, art.item_ids)
+    selection = select_new(dataset.interactions, int(cutoff), spec)
+    if isinstance(selection, str):
+        log.info("nothing to fine-tune: %s", selection)
+        return IncrementalResult("skipped", selection, deployed, seconds=time.perf_counter() - started)
+    lineage = {"parent": {"sha256": sha, "location": location, "dataset_fingerprint":
+                          art.manifest.get("dataset_fingerprint"), "data_cutoff": int(cutoff)},
+               "selection": selection.stats()}
+    data = _prepare(spec, selection, dataset, lineage)
+    result = IncrementalResult("refused", "", deployed, selection=selection.stats(),
+                               new_users=dataset.n_users - len(art.user_ids),
+                               new_items=dataset.n_items - len(art.item_ids))
+    log.info("incremental: %s; %d new users, %d new items", result.selection, result.new_users, result.new_items)
+    rating = spec.tasks.rating.weight > 0
+    deployed["metrics"] = holdout_metrics(deployed_recommender(art, data, spec.seed), data.known(), data.test, rating)
 
-        init_state = {k: v for k, v in expand_state(art.model.state_dict(), data.n_users, data.n_items,
-                                                    spec.seed).items() if k != "history"}
-        trained = train(spec, spec_path=spec_path, resume=False, data=data, init_state=init_state)
-        cand_dir = fetch(trained.artifact_path, Path(tmp) / "candidate")
-        candidate = load_artifact(cand_dir)
-        result.candidate = {"artifact": trained.artifact_path, "run_path": trained.run_path,
-                            "sha256": sha256_file(cand_dir / "manifest.json"), "epochs": len(trained.history),
-                            "train_seconds": round(trained.seconds, 1),
-                            "metrics": holdout_metrics(candidate.recommender, known, data.test, rating)}
-        new, old = result.candidate["metrics"][inc.metric], deployed["metrics"][inc.metric]
-        result.reason = (f"{inc.metric} {new:.4f} vs deployed {old:.4f} ({'lower' if inc.mode == 'min' else 'higher'}"
-                         f" is better, tolerance {inc.tolerance})")
-        if np.isfinite(new) and inc.not_worse(new, old):
-            result.status = "promoted"
-            result.promoted_version = store.publish(cand_dir)
-            result.promoted_location = store.location(result.promoted_version)
-            if inc.serve_config is not None:
-                hot_swap(inc.serve_config, result.promoted_location)
-                result.serve_swapped = True
+    init_state = expand_state(art.model.state_dict(), data.n_users, data.n_items, spec.seed)
+    init_state.pop("history")  # rebuilt from the known interactions
+    trained = train(spec, spec_path=spec_path, resume=False, data=data, init_state=init_state)
+    cand_dir = storage.local_artifact(trained.artifact_path)
+    result.candidate = {
+        "artifact": trained.artifact_path, "run_path": trained.run_path,
+        "sha256": sha256_file(cand_dir / "manifest.json"), "epochs": len(trained.history),
+        "train_seconds": round(trained.seconds, 1),
+        "metrics": holdout_metrics(load_artifact(cand_dir).recommender, data.known(), data.test, rating),
+    }
+    new, old = result.candidate["metrics"][inc.metric], deployed["metrics"][inc.metric]
+    result.reason = (f"{inc.metric} {new:.4f} vs deployed {old:.4f} ({'lower' if inc.mode == 'min' else 'higher'} "
+                     f"is better, tolerance {inc.tolerance})")
+    if np.isfinite(new) and inc.not_worse(new, old):
+        result.status = "promoted"
+        result.promoted_version = store.publish(cand_dir)
+        result.promoted_location = store.location(result.promoted_version)
+        if inc.serve_config is not None:
+            hot_swap(inc.serve_config, result.promoted_location)
+            result.serve_swapped = True
     result.seconds = time.perf_counter() - started
     log.info("incremental %s: %s", result.status, result.reason)
     _write_report(trained.run_path, result)
@@ -376,15 +350,9 @@ def hot_swap(serve_config: str, artifact_location: str) -> None:
 
 
 def _write_report(run_path: str, result: IncrementalResult) -> None:
-    import pyarrow.fs
-
-    text = json.dumps(asdict(result), indent=1, default=float)
-    if "://" in run_path:
-        fs, path = pyarrow.fs.FileSystem.from_uri(run_path)
-        with fs.open_output_stream(f"{path}/{REPORT}") as f:
-            f.write(text.encode())
-    else:
-        (Path(run_path) / REPORT).write_text(text)
+    fs, path = storage.filesystem(storage.normalize(run_path))
+    with fs.open_output_stream(f"{path}/{REPORT}") as f:
+        f.write(json.dumps(asdict(result), indent=1, default=float).encode())
 
 
 def main_incremental(spec_path: str, overrides: dict | None, from_artifact: str) -> int:
