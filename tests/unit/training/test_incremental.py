@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -95,3 +97,24 @@ def test_select_new_holds_out_the_newest_and_samples_replay():
     assert isinstance(select_new(inter, cutoff=199, spec=spec), str)  # 1 new row < min_new_interactions
     with pytest.raises(DataError, match="timestamps"):
         select_new(inter.assign(timestamp=0), cutoff=0, spec=spec)
+
+
+def test_spec_must_match_the_artifact_architecture():
+    from lmrec.training.incremental import check_compatible
+
+    spec = TrainSpec.model_validate({"model": {"dim": 16}})
+    manifest = {"config": spec.model_dump(mode="json"), "model_args": {"ranking_head": "interest"}}
+    check_compatible(spec, manifest)
+    with pytest.raises(SpecError, match="model.dim"):
+        check_compatible(TrainSpec.model_validate({"model": {"dim": 32}}), manifest)
+    rating_only = {"tasks": {"click": {"weight": 0}, "related": {"weight": 0}}, "model": {"dim": 16}}
+    with pytest.raises(SpecError, match="ranking head"):
+        check_compatible(TrainSpec.model_validate(rating_only), manifest)
+
+
+def test_cli_refuses_a_missing_artifact_before_any_work(tmp_path, capsys):
+    from lmrec.cli import main
+
+    spec = Path(__file__).resolve().parents[3] / "jobs" / "ml100k-incremental.yaml"
+    assert main(["train", str(spec), "--from-artifact", str(tmp_path / "nope")]) == 2
+    assert "neither an artifact folder" in capsys.readouterr().err
