@@ -1,17 +1,23 @@
-"""Transfer strategies side by side on ML-100K: accuracy and cost of each (docs/strategies.md has the recipes).
+"""Transfer strategies side by side on ML-100K, each trained by the real recipe from its job spec (jobs/strategies/).
 
-Run: `.venv/bin/python benchmarks/strategies.py` with LMREC_DATA_DIR pointing at the datasets (≈20 min on a
-2-core CPU). Writes benchmarks/results/strategies.json (+ strategies.png); artifacts and the ensemble weights JSON
-go to runs/strategies/.
+Run: `.venv/bin/python benchmarks/strategies.py` with LMREC_DATA_DIR pointing at the datasets (about an hour on a
+busy 2-core CPU; `--only NAME ...` re-runs some rows and keeps the others). Writes
+benchmarks/results/strategies.json (+ strategies.png); artifacts and the ensemble weights go to runs/strategies/.
 
-Protocols:
-- warm (u1): RMSE on u1.test, NDCG@10 over all items (train and valid items excluded), relevant = test items;
-- cold-start items: 20% of items held out with all their ratings; rank only those items; relevant = rated;
-- cold-start users: 20% of users held out, each known by their earliest 10 ratings; at k = 1, 3, 5, 10 known
-  ratings, NDCG@10 over all items (all 10 support items excluded, so every k ranks the same candidates).
-Short runs on CPU: these compare strategies under one small budget, they are not tuned results. Encoder-training
-rows train one epoch, frozen-encoder rows two (the frozen teacher of the components phase four). All rows share one frozen MiniLM encoding of the item texts where the encoder
-is the pretrained one (encoded once, passed to each run).
+Every strategy trains twice, on two splits, through ``train_local`` (the recipe the Ray job runs):
+- **u1** (the canonical ML-100K split): warm RMSE on u1.test;
+- **protocol split** (one seeded split for the ranking protocols): 20% of items are cold (all their ratings held
+  out), 20% of users are cold (each known by their earliest 5 ratings, the rest held out), and every other user's
+  ratings of warm items are split per user 80/20. From one model per strategy it gives
+  warm NDCG@10 (warm users, their 20%, candidates = warm items), cold-start item NDCG@10 (warm users, candidates =
+  cold items) and cold-start user k = 5 NDCG@10 (candidates = warm items) and RMSE.
+Next to them: the classic peers (biased MF, EASE, popularity) on the same splits, the fused ensemble
+(two-tower + distilled student + MF) with its members, the distillation acceptance (student/teacher warm NDCG@10 and
+encoder time per item text, measured side by side), and the meta-learning cold-user rows (their own k-shot protocol).
+
+Short runs on a shared CPU: every row gets the same small budget (frozen-encoder rows a few epochs, encoder-training
+rows fewer epochs with a few items re-encoded per step); they compare strategies under one budget, they are not
+tuned results.
 """
 
 from __future__ import annotations
@@ -19,10 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from common import RESULTS, write_results  # noqa: E402
@@ -33,216 +41,297 @@ from lmrec.data.registry import load_dataset  # noqa: E402
 from lmrec.data.splits import cold_start_users  # noqa: E402
 from lmrec.evaluation.evaluate import evaluate_ranking, evaluate_ratings  # noqa: E402
 from lmrec.strategies.scopes import count_parameters  # noqa: E402
-from lmrec.training.data import prepare_data  # noqa: E402
+from lmrec.training.data import build_prepared, prepare_data  # noqa: E402
 from lmrec.training.local import train_local  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "strategies"
 log = logging.getLogger("strategies")
 
-
-def spec_for(name: str, **overrides) -> TrainSpec:
-    """The strategy's job spec, shortened for the benchmark (dotted-key overrides)."""
-    base = {"optim.log_every_steps": 1000, "scaling.engine": "ddp", "early_stopping.patience": 10}
-    return load_spec(TrainSpec, ROOT / "jobs" / "strategies" / f"{name}.yaml", {**base, **overrides})
-
-
-def inference_ms(rec, n_users: int, repeats: int = 3) -> float:
-    """Milliseconds per user of ``score_items`` over the whole catalogue (batches of 256 users)."""
-    users = np.arange(min(256, n_users))
-    rec.score_items(users)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        rec.score_items(users)
-    return (time.perf_counter() - start) * 1000 / (repeats * len(users))
+# one CPU budget for every row (dotted overrides of the job specs)
+COMMON = {"optim.log_every_steps": 1000, "scaling.engine": "ddp", "optim.batch_size": 2048, "optim.lr_heads": 0.01,
+          "optim.lr_schedule": "cosine", "early_stopping.patience": 10, "optim.encode_batch_size": 128}
+FROZEN_EPOCHS = 4
+ENCODER_EPOCHS = 1
+ENCODER_ROWS = {"optim.epochs": ENCODER_EPOCHS, "optim.items_encoded_per_step": 4,
+                "optim.refresh_every_epochs": ENCODER_EPOCHS}
+RECIPE_STRATEGIES = ("frozen", "full", "lora", "progressive_unfreezing", "layer_sharing", "curriculum",
+                     "label_propagation", "distillation")
 
 
-def warm_metrics(rec, data) -> dict:
-    """u1 test: RMSE and NDCG@10 (train and valid items excluded)."""
-    out = {}
+def spec_for(name: str, split: dict, **overrides) -> TrainSpec:
+    """The strategy's job spec on ``split``, shortened to the benchmark's budget."""
+    enc = name in ("full", "lora", "progressive_unfreezing", "layer_sharing")
+    budget = ENCODER_ROWS if enc else {"optim.epochs": FROZEN_EPOCHS}
+    return load_spec(TrainSpec, ROOT / "jobs" / "strategies" / f"{name}.yaml",
+                     {**COMMON, **budget, "data.split": split, "name": f"bench-{name}", **overrides})
+
+
+U1 = {"kind": "ml100k_canonical", "name": "u1"}
+
+
+# ---- the protocol split ----
+def protocol_split(spec: TrainSpec, seed: int = 0, item_frac: float = 0.2, user_frac: float = 0.2,
+                   k_support: int = 5, test_frac: float = 0.2, valid_frac: float = 0.05):
+    """One seeded split carrying the three ranking protocols (see the module docstring); PreparedData + ids."""
+    from lmrec.data.text import default_item_template, render_item_texts
+
+    ds = load_dataset("ml-100k")
+    df = ds.interactions
+    rng = np.random.default_rng(seed)
+    cold_items = np.sort(rng.permutation(ds.n_items)[: round(item_frac * ds.n_items)])
+    on_cold_item = df["item_idx"].isin(cold_items).to_numpy()
+    counts = df.loc[~on_cold_item].groupby("user_idx").size()
+    eligible = counts.index[counts > k_support + 1].to_numpy()
+    cold_users = np.sort(rng.permutation(eligible)[: round(user_frac * len(eligible))])
+    of_cold_user = df["user_idx"].isin(cold_users).to_numpy()
+    part = np.full(len(df), "train", dtype=object)
+    part[on_cold_item & ~of_cold_user] = "test"  # cold-item protocol
+    part[on_cold_item & of_cold_user] = "drop"
+    cu = df[of_cold_user & ~on_cold_item].sort_values(["user_idx", "timestamp"], kind="stable")
+    rank = cu.groupby("user_idx").cumcount().to_numpy()
+    part[df.index.get_indexer(cu.index[rank >= k_support])] = "test"  # cold-user protocol; first k stay in train
+    warm = np.flatnonzero(~of_cold_user & ~on_cold_item)
+    draw = rng.random(len(warm))
+    part[warm[draw < test_frac]] = "test"
+    part[warm[(draw >= test_frac) & (draw < test_frac + valid_frac)]] = "valid"
+    texts = render_item_texts(ds.items, default_item_template(ds.name))
+    params = {"kind": "benchmark_protocols", "item_frac": item_frac, "user_frac": user_frac, "k_support": k_support,
+              "test_frac": test_frac, "valid_frac": valid_frac, "seed": seed}
+    data = build_prepared(spec, ds, df[part == "train"], df[part == "valid"], df[part == "test"], texts,
+                          cold_items=cold_items, split_params=params)
+    return data, cold_items, cold_users
+
+
+def protocol_metrics(rec, data, cold_items: np.ndarray, cold_users: np.ndarray) -> dict:
+    """Warm per-user NDCG@10, cold-item NDCG@10, cold-user (k = 5) NDCG@10 and RMSE from one model."""
+    test = data.test
+    warm_items = np.setdiff1d(np.arange(data.n_items), cold_items)
+    is_ci = test["item_idx"].isin(cold_items)
+    is_cu = test["user_idx"].isin(cold_users)
+    warm, ci, cu = test[~is_ci & ~is_cu], test[is_ci & ~is_cu], test[is_cu & ~is_ci]
+    rank = lambda part, cand: evaluate_ranking(rec, data.train, part, data.n_items, ks=(10,), candidates=cand,
+                                               exclude_df=data.valid)["ndcg@10"]
+    out = {"warm_ndcg@10": rank(warm, warm_items), "cold_item_ndcg@10": rank(ci, cold_items),
+           "cold_user_k5_ndcg@10": rank(cu, warm_items)}
     if getattr(rec, "rates", True):
-        out["rmse"] = evaluate_ratings(rec, data.test)["rmse"]
-    r = evaluate_ranking(rec, data.train, data.test, data.n_items, ks=(10,), exclude_df=data.valid)
-    out["ndcg@10"] = r["ndcg@10"]
+        out["cold_user_k5_rmse"] = evaluate_ratings(rec, cu)["rmse"]
     return out
 
 
-def cold_item_metrics(rec, data) -> dict:
-    cand = np.intersect1d(data.cold_items, data.test["item_idx"].to_numpy())
-    r = evaluate_ranking(rec, data.train, data.test, data.n_items, ks=(10,), candidates=cand, exclude_df=data.valid)
-    return {"cold_item_ndcg@10": r["ndcg@10"]}
+def u1_metrics(rec, data) -> dict:
+    out = {"u1_ndcg@10": evaluate_ranking(rec, data.train, data.test, data.n_items, ks=(10,),
+                                          exclude_df=data.valid)["ndcg@10"]}
+    if getattr(rec, "rates", True):
+        out = {"u1_rmse": evaluate_ratings(rec, data.test)["rmse"], **out}
+    return out
 
 
-def run_recipe(name: str, spec: TrainSpec, data, item_text: torch.Tensor | None, rows: list, artifact: bool = False):
-    """Train one strategy with the real recipe (train_local), evaluate, record accuracy and cost."""
-    log.info("== %s", name)
-    res = train_local(spec, data, device="cpu", item_text=item_text,
-                      artifact_dir=str(RUNS / name) if artifact else None)
-    rec = res.recommender()
-    model_count = count_parameters(res.recipe.model)
-    row = {"strategy": name, "protocol": "u1", **warm_metrics(rec, data),
-           "trainable_params": model_count.trainable,
-           "encoder_trainable_params": res.recipe.strategy.encoder_count.trainable,
-           "encoder_params": res.recipe.strategy.encoder_count.total,
-           "epochs": len(res.epochs), "train_s": res.fit_seconds, "inference_ms_per_user": inference_ms(rec, data.n_users)}
-    log.info("%s", row)
-    rows.append(row)
-    return res, rec
+# ---- shared item encodings ----
+def shared_item_text(data) -> torch.Tensor:
+    """One frozen MiniLM encoding of every item text (split-independent), cached under runs/strategies/."""
+    import hashlib
 
-
-def item_text_cache(data) -> Path:
-    return RUNS / f"item_text_{data.fingerprint}.pt"
-
-
-def shared_item_text(data) -> tuple[torch.Tensor, float]:
-    """One frozen MiniLM encoding of every item text, cached under runs/strategies/ (all phases reuse it)."""
     from lmrec.models.encoder import build_encoder, encode_all
 
-    path = item_text_cache(data)
+    key = hashlib.sha256("\x00".join(data.item_texts).encode()).hexdigest()[:16]
+    path = RUNS / f"item_text_minilm_{key}.pt"
     if path.exists():
-        return torch.load(path, weights_only=True), 0.0
-    t0 = time.perf_counter()
+        return torch.load(path, weights_only=True)
     encoder = build_encoder("default")
-    text = encode_all(encoder, torch.as_tensor(data.item_tokens), torch.as_tensor(data.item_lengths), 256)
-    seconds = time.perf_counter() - t0
+    text = encode_all(encoder, torch.as_tensor(data.item_tokens), torch.as_tensor(data.item_lengths), 128)
     torch.save(text, path)
-    return text, seconds
+    return text
 
 
-def components_phase(data, rows: list, notes: dict, want) -> None:
-    """Rows that need no strategy wiring in the recipe: the frozen teacher, MF students, label propagation as a
-    recommender, the fused ensemble, cold-start users (meta-learning)."""
+# ---- one strategy ----
+def run_strategy(name: str, datasets: dict, item_text: torch.Tensor, members: dict) -> dict:
+    """Train ``name`` on u1 and on the protocol split; one row with every metric and both training times."""
+    row: dict = {"strategy": name, "kind": "recipe"}
+    for key, (data, split, extra) in datasets.items():
+        over = {}
+        if name == "distillation":
+            over = {"strategy.teacher_artifact": str(RUNS / key / "frozen"), "optim.lr_encoder": 0.0,
+                    "optim.items_encoded_per_step": 0}
+        if name == "progressive_unfreezing":  # per-step stages so the short run walks down the whole encoder
+            steps = ENCODER_EPOCHS * data.steps_per_epoch(COMMON["optim.batch_size"])
+            over = {"strategy.unit": "step", "strategy.every": max(1, steps // 8)}
+        spec = spec_for(name, split, **over)
+        # the pretrained encoder's encoding is shared; a student encoder (fewer layers) encodes for itself
+        text = None if name in ("layer_sharing", "distillation") else item_text
+        log.info("== %s on %s", name, key)
+        res = train_local(spec, data, device="cpu", item_text=text,
+                          artifact_dir=str(RUNS / key / name) if name in ("frozen", "distillation") else None)
+        rec = res.recommender()
+        metrics = u1_metrics(rec, data) if key == "u1" else protocol_metrics(rec, data, *extra)
+        row.update(metrics)
+        row[f"train_s_{key}"] = res.fit_seconds
+        row[f"epochs_{key}"] = len(res.epochs)
+        params = res.recipe.trainable_params
+        row.update(trainable_params=int(params["trainable_params"]),
+                   encoder_trainable_params=int(res.epochs[-1].get("encoder_trainable_params",
+                                                                   params["encoder_trainable_params"])),
+                   encoder_params=int(params["encoder_params"]),
+                   encoder_layers=int(res.recipe.model.encoder.backbone.config.num_hidden_layers))
+        if name in ("frozen", "distillation"):
+            members.setdefault(key, {})["two_tower" if name == "frozen" else "student"] = rec
+            row[f"artifact_{key}"] = str((RUNS / key / name).relative_to(ROOT))
+        log.info("%s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+    row["train_s"] = row.get("train_s_u1", 0.0) + row.get("train_s_protocols", 0.0)
+    return row
+
+
+def classic_rows(datasets: dict, members: dict) -> list[dict]:
     from lmrec.models.baselines.ease import EASE
     from lmrec.models.baselines.mf import BiasedMF
-    from lmrec.strategies.distillation import DistilledMF, Teacher
-    from lmrec.strategies.label_propagation import LabelPropagation
+    from lmrec.models.baselines.popularity import Popularity
 
-    teacher_dir = RUNS / "frozen"
-    # the frozen two-tower (the teacher and an ensemble member): the multitask job with the encoder frozen
-    spec = load_spec(TrainSpec, ROOT / "jobs" / "ml100k-minilm-multitask.yaml", {
-        "optim.epochs": 4, "optim.lr_encoder": 0.0, "optim.items_encoded_per_step": 0, "optim.log_every_steps": 1000,
-        "scaling.engine": "ddp", "early_stopping.patience": 10, "name": "frozen-teacher"})
-    t0 = time.perf_counter()
-    res = train_local(spec, data, device="cpu", artifact_dir=str(teacher_dir))
-    two_tower = res.recommender()
-    count = count_parameters(res.recipe.model)
-    enc = count_parameters(res.recipe.model.encoder)
-    rows.append({"strategy": "frozen (teacher)", "protocol": "u1", **warm_metrics(two_tower, data),
-                 "trainable_params": count.trainable, "encoder_trainable_params": enc.trainable,
-                 "encoder_params": enc.total, "epochs": len(res.epochs), "train_s": time.perf_counter() - t0,
-                 "inference_ms_per_user": inference_ms(two_tower, data.n_users)})
-    log.info("%s", rows[-1])
-    item_text = res.recipe.model.item_text.detach().clone()  # the frozen encoding every later row reuses
-    torch.save(item_text, item_text_cache(data))
-
-    def plain(name, model, fit_s):
-        row = {"strategy": name, "protocol": "u1", **warm_metrics(model, data),
-               "train_s": fit_s, "inference_ms_per_user": inference_ms(model, data.n_users)}
-        if hasattr(model, "user_factors_"):
-            row["trainable_params"] = int(model.user_factors_.size + model.item_factors_.size
-                                          + model.user_bias_.size + model.item_bias_.size)
+    rows = []
+    for name, make in (("classic: biased MF", lambda: BiasedMF(dim=64, l2=0.1)),
+                       ("classic: EASE", lambda: EASE(l2=250.0)), ("classic: popularity", Popularity)):
+        row: dict = {"strategy": name, "kind": "classic", "train_s": 0.0}
+        for key, (data, _, extra) in datasets.items():
+            t0 = time.perf_counter()
+            model = make().fit(data.train, data.n_users, data.n_items)
+            row["train_s"] += time.perf_counter() - t0
+            row.update(u1_metrics(model, data) if key == "u1" else protocol_metrics(model, data, *extra))
+            if name == "classic: biased MF":
+                members.setdefault(key, {})["mf"] = model
         rows.append(row)
         log.info("%s", row)
-        return model
+    return rows
 
-    t0 = time.perf_counter()
-    mf = plain("mf (no teacher)", BiasedMF(dim=64, l2=0.1).fit(data.train, data.n_users, data.n_items),
-               time.perf_counter() - t0)
-    teacher = Teacher.from_artifact(teacher_dir)
-    t0 = time.perf_counter()
-    student = DistilledMF(teacher, dim=64, l2=0.05, lam=1.0, epochs=20, batch_size=4096)
-    plain("distillation: mf student", student.fit(data.train, data.n_users, data.n_items), time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    lp = LabelPropagation(k=30, alpha=0.8).fit(data.train, data.n_users, data.n_items)
-    plain("label_propagation (recommender)", lp, time.perf_counter() - t0)
-    notes["label_propagation_iterations"] = lp.iterations_
 
+def ensemble_rows(datasets: dict, members: dict, notes: dict) -> list[dict]:
+    """Fused ensemble (two-tower + distilled student + MF): weights on validation, scored on test, per split."""
     from lmrec.strategies.ensemble import FusedEnsemble
 
-    t0 = time.perf_counter()
-    ease = EASE(l2=250.0).fit(data.train, data.n_users, data.n_items)
-    ens = FusedEnsemble({"two_tower": two_tower, "mf": mf, "ease": ease})
-    weights = ens.fit_weights(data.train, data.valid, data.n_items, rating_members=["two_tower", "mf"])
-    fit_s = time.perf_counter() - t0
-    for name, member in (("ease (member)", ease),):
-        plain(name, member, 0.0)
-    plain("ensemble (two_tower+mf+ease)", ens, fit_s)
-    path = ens.save_weights(RUNS / "ensemble_weights.json", artifacts={"two_tower": str(teacher_dir)},
-                            metrics={k: v for k, v in rows[-1].items() if k in ("rmse", "ndcg@10")})
-    notes["ensemble_weights"] = {"ranking": weights, "rating": ens.rating_weights,
-                                 "file": str(path.relative_to(ROOT))}
-    if want("meta_learning"):
-        rows.extend(cold_user_rows(item_text, notes))
+    row: dict = {"strategy": "ensemble (two_tower+student+mf)", "kind": "ensemble", "train_s": 0.0}
+    member_rows = {m: {"strategy": f"ensemble member: {m}", "kind": "ensemble_member"} for m in
+                   ("two_tower", "student", "mf")}
+    weights = {}
+    for key, (data, _, extra) in datasets.items():
+        have = members.get(key, {})
+        if not {"two_tower", "student", "mf"} <= set(have):
+            continue
+        t0 = time.perf_counter()
+        ens = FusedEnsemble({m: have[m] for m in ("two_tower", "student", "mf")})
+        w = ens.fit_weights(data.train, data.valid, data.n_items, rating_members=["two_tower", "student", "mf"])
+        row["train_s"] += time.perf_counter() - t0
+        metric = (lambda r: u1_metrics(r, data)) if key == "u1" else (lambda r: protocol_metrics(r, data, *extra))
+        row.update(metric(ens))
+        for m in member_rows:
+            member_rows[m].update(metric(have[m]))
+        weights[key] = {"ranking": w, "rating": ens.rating_weights}
+        ens.save_weights(RUNS / key / "ensemble_weights.json",
+                         artifacts={"two_tower": str(RUNS / key / "frozen"), "student": str(RUNS / key / "distillation")})
+    if not weights:
+        return []
+    notes["ensemble_weights"] = weights
+    best_rmse = min(r["u1_rmse"] for r in member_rows.values())
+    best_ndcg = max(r["warm_ndcg@10"] for r in member_rows.values())
+    notes["ensemble_acceptance"] = {
+        "u1_rmse": row["u1_rmse"], "best_member_u1_rmse": best_rmse, "rmse_ok": row["u1_rmse"] <= best_rmse,
+        "warm_ndcg@10": row["warm_ndcg@10"], "best_member_warm_ndcg@10": best_ndcg,
+        "ndcg_ok": row["warm_ndcg@10"] >= best_ndcg}
+    log.info("ensemble acceptance %s", notes["ensemble_acceptance"])
+    return [row, *member_rows.values()]
 
 
-def recipe_phase(data, item_text, rows: list, notes: dict, want) -> None:
-    """Strategies wired into the two-tower recipe (TrainSpec ``strategy``), each from its job spec, shortened."""
-    teacher_dir = str(RUNS / "frozen")
-    # one CPU budget for all rows: frozen-encoder rows 2 epochs, encoder-training rows 1 epoch (+ one full
-    # re-encode of the catalogue); batches of 2048 (the softmax tasks cap their rows per step, so larger
-    # batches cost less per rating)
-    short = {"optim.epochs": 2, "optim.batch_size": 2048}
-    one_epoch = {"optim.epochs": 1, "optim.batch_size": 2048, "optim.items_encoded_per_step": 16}
-    runs = [
-        ("frozen", spec_for("frozen", **short), item_text),
-        ("lora", spec_for("lora", **one_epoch), item_text),
-        ("full", spec_for("full", **one_epoch), item_text),
-        # per-step stages so one epoch (≈38 steps) walks down the whole encoder
-        ("progressive_unfreezing", spec_for("progressive_unfreezing", **one_epoch,
-                                            **{"strategy.unit": "step", "strategy.every": 6}), item_text),
-        ("layer_sharing", spec_for("layer_sharing", **one_epoch), None),
-        ("curriculum", spec_for("curriculum", **short, **{"strategy.full_at_epoch": 1}), item_text),
-        ("label_propagation", spec_for("label_propagation", **short), item_text),
-        ("distillation", spec_for("distillation", **short, **{
-            "optim.lr_encoder": 0.0, "optim.items_encoded_per_step": 0,
-            "strategy.teacher_artifact": teacher_dir, "strategy.student_layers": 3}), None),
-    ]
-    for name, spec, text in runs:
-        if want(name):
-            run_recipe(name, spec, data, text, rows)
-    if want("cold_items"):
-        ci_spec = spec_for("frozen", **short, **{"data.split": {"kind": "cold_start_items", "item_frac": 0.2,
-                                                                           "seed": 0},
-                                         "early_stopping.metric": "val_ndcg@10", "early_stopping.mode": "max"})
-        ci_data = prepare_data(ci_spec)
-        for name, strategy in (("frozen", {"name": "frozen"}),):
-            run_spec = TrainSpec.model_validate({**ci_spec.model_dump(), "strategy": strategy})
-            res = train_local(run_spec, ci_data, device="cpu", item_text=item_text)
-            rows.append({"strategy": name, "protocol": "cold_items", **cold_item_metrics(res.recommender(), ci_data),
-                         "train_s": res.fit_seconds})
-            log.info("%s", rows[-1])
+def encoder_cost(data, teacher_dir: Path, student_dir: Path, repeats: int = 3) -> dict:
+    """Encoder seconds per item text of teacher and student artifacts, measured alternately in this process."""
+    from lmrec.models.artifact import load_artifact
+    from lmrec.models.encoder import encode_all
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: a shared machine's load distorts multi-thread timings most
+    enc = {"teacher": load_artifact(teacher_dir).model.encoder, "student": load_artifact(student_dir).model.encoder}
+    ids, lengths = torch.as_tensor(data.item_tokens[:512]), torch.as_tensor(data.item_lengths[:512])
+    times: dict[str, list[float]] = {k: [] for k in enc}
+    for _ in range(repeats):
+        for k, e in enc.items():
+            t0 = time.perf_counter()
+            encode_all(e, ids, lengths, 128)
+            times[k].append((time.perf_counter() - t0) / len(ids))
+    torch.set_num_threads(threads)
+    ms = {k: 1000 * float(np.min(v)) for k, v in times.items()}
+    return {"teacher_ms_per_item": ms["teacher"], "student_ms_per_item": ms["student"],
+            "cost_ratio": ms["student"] / ms["teacher"], "items_timed": int(len(ids)), "repeats": repeats,
+            "teacher_layers": enc["teacher"].backbone.config.num_hidden_layers,
+            "student_layers": enc["student"].backbone.config.num_hidden_layers}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--phase", choices=["components", "recipe", "all"], default="all",
-                        help="components: rows that need no recipe wiring; recipe: TrainSpec strategies")
-    parser.add_argument("--only", nargs="*", help="run only these rows (names as in the table)")
+    parser.add_argument("--only", nargs="*", help="re-run only these rows: strategy names, classic, ensemble, "
+                                                   "distillation_cost, meta_learning (others are kept)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.manual_seed(0)
+    # one thread: on a shared, oversubscribed CPU two-thread kernels lose more to waiting than they gain
+    torch.set_num_threads(1)
     want = (lambda n: True) if not args.only else (lambda n: n in args.only)
-    RUNS.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     previous = RESULTS / "strategies.json"
-    doc = json.loads(previous.read_text()) if previous.exists() else {"rows": [], "notes": {}}
+    doc = json.loads(previous.read_text()) if previous.exists() else {}
+    old_rows = doc.get("rows", []) if args.only else []
+    notes: dict = dict(doc.get("notes", {})) if args.only else {}
+    notes["load_average_at_start"] = os.getloadavg()
     rows: list[dict] = []
-    notes: dict = dict(doc.get("notes", {}))
-    base = load_spec(TrainSpec, ROOT / "jobs" / "ml100k-minilm-multitask.yaml")
-    data = prepare_data(base)
-    if args.phase in ("components", "all"):
-        components_phase(data, rows, notes, want)
-    if args.phase in ("recipe", "all"):
-        item_text, seconds = shared_item_text(data)
-        if seconds:
-            notes["frozen_encoding_s"] = seconds
-        recipe_phase(data, item_text, rows, notes, want)
-    notes[f"{args.phase}_phase_s"] = time.perf_counter() - started
-    # rows of the other phase (or of rows not re-run) are kept; re-run rows replace their old version
-    fresh = {(r["strategy"], r["protocol"]) for r in rows}
-    kept = [r for r in doc.get("rows", []) if (r["strategy"], r["protocol"]) not in fresh]
-    write_results("strategies", {"rows": kept + rows, "notes": notes})
-    plot(kept + rows)
+
+    def save() -> None:
+        fresh = {r["strategy"] for r in rows}
+        kept = [r for r in old_rows if r["strategy"] not in fresh]
+        notes["benchmark_s"] = time.perf_counter() - started
+        write_results("strategies", {"protocols": PROTOCOLS, "budget": {"common": COMMON, "frozen_epochs":
+                                     FROZEN_EPOCHS, "encoder_rows": ENCODER_ROWS}, "rows": kept + rows,
+                                     "notes": notes})
+        plot(kept + rows)
+
+    u1 = prepare_data(spec_for("frozen", U1))
+    per_user = {"kind": "per_user_random", "test_frac": 0.2, "valid_frac": 0.05, "seed": 0}
+    proto, cold_items, cold_users = protocol_split(spec_for("frozen", per_user))
+    notes["protocol_split"] = {"train": len(proto.train), "valid": len(proto.valid), "test": len(proto.test),
+                               "cold_items": len(cold_items), "cold_users": len(cold_users)}
+    datasets = {"u1": (u1, U1, ()), "protocols": (proto, per_user, (cold_items, cold_users))}
+    t0 = time.perf_counter()
+    item_text = shared_item_text(u1)
+    notes["shared_encoding_s"] = time.perf_counter() - t0
+    members: dict = {}
+    needs_members = want("ensemble") or want("distillation_cost")
+    for name in RECIPE_STRATEGIES:
+        if want(name) or (needs_members and name in ("frozen", "distillation")):
+            rows.append(run_strategy(name, datasets, item_text, members))
+            save()
+    if want("classic") or want("ensemble"):
+        rows.extend(classic_rows(datasets, members))
+        save()
+    if want("ensemble"):
+        rows.extend(ensemble_rows(datasets, members, notes))
+        save()
+    if want("distillation_cost") or want("distillation"):
+        by_name = {r["strategy"]: r for r in rows + old_rows}
+        teacher, student = by_name.get("frozen"), by_name.get("distillation")
+        if teacher and student:
+            cost = encoder_cost(proto, RUNS / "protocols" / "frozen", RUNS / "protocols" / "distillation")
+            keep = student["warm_ndcg@10"] / teacher["warm_ndcg@10"]
+            notes["distillation_acceptance"] = {
+                **cost, "teacher_warm_ndcg@10": teacher["warm_ndcg@10"], "student_warm_ndcg@10":
+                student["warm_ndcg@10"], "ndcg_kept": keep, "ok": keep >= 0.95 and cost["cost_ratio"] <= 0.6}
+            log.info("distillation acceptance %s", notes["distillation_acceptance"])
+            save()
+    if want("meta_learning"):
+        rows.extend(cold_user_rows(item_text, notes))
+        save()
+
+
+PROTOCOLS = {
+    "u1_rmse": "ML-100K u1.test RMSE (model trained on u1.base minus 5% valid)",
+    "warm_ndcg@10": "protocol split: warm users' per-user 20% of warm-item ratings; candidates = warm items",
+    "cold_item_ndcg@10": "protocol split: 20% of items with every rating held out; warm users; candidates = cold items",
+    "cold_user_k5": "protocol split: 20% of users known by their earliest 5 ratings; NDCG@10 over warm items, RMSE",
+    "meta rows (ndcg@10_kN)": "cold_start_users split (20% users, first 10 ratings = support), k = 1, 3, 5, 10",
+}
 
 
 def cold_user_rows(item_text: torch.Tensor, notes: dict) -> list[dict]:
@@ -307,23 +396,31 @@ def plot(rows: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    warm = [r for r in rows if r["protocol"] == "u1"]
-    cold = [r for r in rows if r["protocol"] == "cold_users" and "ndcg@10_k1" in r]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
-    names = [r["strategy"] for r in warm]
-    axes[0].barh(names, [r.get("rmse", np.nan) for r in warm], color="#4c72b0")
-    axes[0].set_xlim(0.85, max(r.get("rmse", 0.9) for r in warm) + 0.03)
-    axes[0].set_title("ML-100K u1: RMSE (lower is better)")
-    axes[1].barh(names, [r["ndcg@10"] for r in warm], color="#55a868")
-    axes[1].set_title("u1: NDCG@10 (higher is better)")
-    for r in cold:
-        ks = [1, 3, 5, 10]
-        axes[2].plot(ks, [r[f"ndcg@10_k{k}"] for k in ks], marker="o", label=r["strategy"])
-    axes[2].set_xlabel("known ratings of the new user (k)")
-    axes[2].set_title("cold-start users: NDCG@10")
-    axes[2].legend(fontsize=8)
+    panels = [("u1_rmse", "u1 RMSE (lower is better)"), ("warm_ndcg@10", "warm per-user NDCG@10"),
+              ("cold_item_ndcg@10", "cold-start items NDCG@10"), ("cold_user_k5_ndcg@10", "cold users, k=5: NDCG@10")]
+    shown = [r for r in rows if any(k in r for k, _ in panels)]
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(24, 0.35 * max(len(shown), 8) + 2))
+    names = [r["strategy"] for r in shown]
+    colors = {"recipe": "#4c72b0", "classic": "#8c8c8c", "ensemble": "#c44e52", "ensemble_member": "#dd8452"}
+    for ax, (key, title) in zip(axes, panels):
+        vals = [r.get(key, np.nan) for r in shown]
+        ax.barh(names, vals, color=[colors.get(r.get("kind"), "#55a868") for r in shown])
+        finite = [v for v in vals if np.isfinite(v)]
+        if key == "u1_rmse" and finite:
+            ax.set_xlim(min(finite) - 0.03, max(finite) + 0.02)
+        ax.set_title(title)
+        if ax is not axes[0]:
+            ax.set_yticklabels([])
+    meta = [r for r in rows if "ndcg@10_k1" in r]
+    for r in meta:
+        ks = [k for k in (1, 3, 5, 10) if f"ndcg@10_k{k}" in r]
+        axes[-1].plot(ks, [r[f"ndcg@10_k{k}"] for k in ks], marker="o", label=r["strategy"])
+    axes[-1].set_xlabel("known ratings of the new user (k)")
+    axes[-1].set_title("cold-start users (meta-learning protocol)")
+    if meta:
+        axes[-1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(RESULTS / "strategies.png", dpi=110)
+    fig.savefig(RESULTS / "strategies.png", dpi=100)
 
 
 if __name__ == "__main__":
