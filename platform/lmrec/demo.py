@@ -1,6 +1,8 @@
-"""The main job on the embedded default: MovieLens 100K, classic baselines side by side, a report on disk.
+"""The main job on the embedded default: MovieLens 100K, from data to a served, tuned recommender.
 
-Stages print progress as they go; the report folder gets ``summary.md``, ``metrics.json`` and PNG charts.
+Stages: classic baselines side by side; the MiniLM two-tower trained on Ray Train (2 workers); a small Ray Tune
+search over its task weights; the ensemble (two-tower + MF) deployed with Ray Serve and called. Each stage prints
+progress as it goes; the report folder gets ``summary.md``, ``metrics.json`` and PNG charts.
 """
 
 from __future__ import annotations
@@ -33,39 +35,35 @@ def _bar_chart(records: list[dict], metric: str, path: Path, title: str) -> None
     plt.close(fig)
 
 
-def _find_job_spec(name: str) -> Path:
-    """The committed job spec: from the working directory (a checkout) or beside the installed package."""
-    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        if (root / "jobs" / name).exists():
-            return root / "jobs" / name
-    raise FileNotFoundError(f"jobs/{name} not found: run the demo from an lmrec checkout")
-
-
-def _train_encoder(ds, out_dir: Path) -> tuple[list[dict], list[dict]]:
-    """Train the default MiniLM two-tower on Ray Train (2 workers, u1) and evaluate its artifact on u1 test."""
-    import time as _time
-
-    from lmrec.config.base import load_spec
-    from lmrec.config.train import TrainSpec
+def _u1_record(ds, artifact_path: str, model: str, fit_s: float) -> dict:
+    """An artifact's u1 test metrics (RMSE/MAE and full ranking @10), in the demo's record shape."""
     from lmrec.evaluation import evaluate_ranking, evaluate_ratings
     from lmrec.experiments import load_split
     from lmrec.models.artifact import load_artifact
-    from lmrec.training.ray_train import train
 
-    spec_path = _find_job_spec("ml100k-minilm-multitask.yaml")
-    spec = load_spec(TrainSpec, spec_path, {"scaling.storage_path": str((out_dir / "runs").resolve())})
-    t0 = _time.perf_counter()
-    result = train(spec, spec_path=spec_path, resume=False)
-    fit_s = _time.perf_counter() - t0
-    art = load_artifact(result.artifact_path)
+    art = load_artifact(artifact_path)
     split = load_split(ds, "u1")
     metrics = {k: v for k, v in evaluate_ratings(art.recommender, split.test).items() if k in ("rmse", "mae")}
     ranking = evaluate_ranking(art.recommender, split.train, split.test, ds.n_items, ks=(10,))
     metrics.update({k: v for k, v in ranking.items() if "@" in k})
-    record = {"dataset": ds.name, "split": "u1", "model": "two_tower_minilm",
-              "metrics": {k: round(float(v), 6) for k, v in metrics.items()}, "fit_seconds": round(fit_s, 1),
-              "artifact": result.artifact_path}
-    return [record], result.history
+    return {"dataset": ds.name, "split": "u1", "model": model,
+            "metrics": {k: round(float(v), 6) for k, v in metrics.items()}, "fit_seconds": round(fit_s, 1),
+            "artifact": artifact_path}
+
+
+def _train_encoder(ds, out_dir: Path):
+    """Train the default MiniLM two-tower on Ray Train (2 workers, u1) and evaluate its artifact on u1 test."""
+    from lmrec.config.base import load_spec
+    from lmrec.config.train import TrainSpec
+    from lmrec.demo_stages import find_committed
+    from lmrec.training.ray_train import train
+
+    spec_path = find_committed("jobs", "ml100k-minilm-multitask.yaml")
+    spec = load_spec(TrainSpec, spec_path, {"scaling.storage_path": str((out_dir / "runs").resolve())})
+    t0 = time.perf_counter()
+    result = train(spec, spec_path=spec_path, resume=False)
+    record = _u1_record(ds, result.artifact_path, "two_tower_minilm", time.perf_counter() - t0)
+    return record, result.history, spec
 
 
 def _curve_chart(history: list[dict], path: Path) -> None:
@@ -87,6 +85,65 @@ def _curve_chart(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _tune(ds, out_dir: Path, stages: int, rating_records: list[dict]):
+    """Stage 5: the committed task-weight search, shrunk to 4 trials; its best trial's artifact joins the table."""
+    from lmrec.demo_stages import tune_chart, tune_stage
+
+    print(f"[5/{stages}] Ray Tune: 4 trials over task weights + head LR (Optuna TPE, ASHA)", flush=True)
+    outcome = tune_stage(out_dir)
+    tune_chart(outcome, out_dir / "tune_trials.png")
+    print(f"      {len(outcome.table)} trials, {outcome.epochs_used}/{outcome.epochs_possible} trial-epochs run "
+          f"(ASHA), {outcome.seconds:.0f} s; best job spec: {outcome.spec_path}", flush=True)
+    if outcome.artifact:
+        rating_records.append(_u1_record(ds, outcome.artifact, "two_tower_tuned", outcome.seconds))
+    return outcome
+
+
+def _serve(spec, artifact: str, out_dir: Path, stages: int):
+    """Stage 6: the ensemble (two-tower + MF on the same split) on Ray Serve, every endpoint called once or more."""
+    from lmrec.demo_stages import latency_chart, serve_stage
+    from lmrec.serving.mf_artifact import train_mf_artifact
+    from lmrec.training.data import prepare_data
+
+    print(f"[6/{stages}] Ray Serve: the ensemble (two-tower + MF) on loopback, sample requests", flush=True)
+    data = prepare_data(spec)
+    mf = train_mf_artifact(data, out_dir / "artifacts" / "mf")
+    outcome = serve_stage(artifact, str(mf), list(data.user_ids), list(data.item_ids))
+    latency_chart(outcome, out_dir / "serve_latency.png")
+    for row in outcome.summary():
+        print(f"      {row['endpoint']}: {row['requests']} requests, p50 {row['p50_ms']} ms, "
+              f"p99 {row['p99_ms']} ms", flush=True)
+    return outcome
+
+
+def _tune_section(tuned) -> str:
+    if tuned is None:
+        return ""
+    import pandas as pd
+
+    from lmrec.evaluation import format_metrics_table
+
+    cols = [c for c in pd.DataFrame(tuned.table).columns if c not in ("artifact",)]
+    table = format_metrics_table([{c: r.get(c) for c in cols} for r in tuned.table])
+    return ("\n## Ray Tune: task weights + head learning rate\n\n"
+            f"{len(tuned.table)} trials, {tuned.epochs_used} of {tuned.epochs_possible} trial-epochs run (ASHA "
+            f"stopped the rest), {tuned.seconds:.0f} s. Best job spec: `{tuned.spec_path}`.\n\n```\n{table}\n```\n\n"
+            "![trials](tune_trials.png)\n")
+
+
+def _serve_section(served) -> str:
+    if served is None:
+        return ""
+    from lmrec.evaluation import format_metrics_table
+
+    top = served.samples.get("/recommend", {}).get("items", [])[:5]
+    lines = "\n".join(f"- {it.get('text') or it['item_id']} (score {it['score']:.3f})" for it in top)
+    return ("\n## Ray Serve: the ensemble on loopback\n\n"
+            f"Deployed `serve/recommender.yaml` at {served.url} (two-tower + MF), {served.seconds:.0f} s incl. "
+            "start-up. Sequential requests:\n\n```\n" + format_metrics_table(served.summary()) + "\n```\n\n"
+            f"Top 5 for the first user:\n\n{lines}\n\n![latency](serve_latency.png)\n")
+
+
 def run_demo(out_dir: Path, *, quick: bool = False) -> int:
     """Load ML-100K, evaluate the baselines on u1 (ratings) and a per-user 80/20 split (ranking), write a report."""
     from lmrec.data.registry import load_dataset
@@ -95,7 +152,7 @@ def run_demo(out_dir: Path, *, quick: bool = False) -> int:
 
     t_start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    stages = 3 if quick else 4
+    stages = 3 if quick else 6
     print(f"[1/{stages}] loading MovieLens 100K", flush=True)
     ds = load_dataset("ml-100k")
     print(f"      {ds.n_users} users, {ds.n_items} items, {len(ds.interactions):,} ratings", flush=True)
@@ -116,11 +173,14 @@ def run_demo(out_dir: Path, *, quick: bool = False) -> int:
     )
 
     history: list[dict] = []
+    tuned = served = None
     if not quick:
         print(f"[4/{stages}] training the MiniLM two-tower on Ray Train (2 workers, u1)", flush=True)
-        encoder_records, history = _train_encoder(ds, out_dir)
-        rating_records += encoder_records
+        encoder_record, history, spec = _train_encoder(ds, out_dir)
+        rating_records.append(encoder_record)
         _curve_chart(history, out_dir / "training_curve.png")
+        tuned = _tune(ds, out_dir, stages, rating_records)
+        served = _serve(spec, encoder_record["artifact"], out_dir, stages)
 
     rating_table = format_metrics_table([{"model": r["model"], **r["metrics"]} for r in rating_records])
     ranking_table = format_metrics_table([{"model": r["model"], **r["metrics"]} for r in ranking_records])
@@ -128,7 +188,9 @@ def run_demo(out_dir: Path, *, quick: bool = False) -> int:
     print("\nFull ranking, ML-100K per-user 80/20\n" + ranking_table)
 
     records = rating_records + ranking_records
-    (out_dir / "metrics.json").write_text(json.dumps(records, indent=2))
+    report = {"records": records, "tune": tuned and {k: v for k, v in tuned.__dict__.items() if k != "files"},
+              "serve": served and {"summary": served.summary(), "samples": served.samples}}
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
     _bar_chart(rating_records, "rmse", out_dir / "rating_rmse.png", "ML-100K u1: RMSE (lower is better)")
     _bar_chart(ranking_records, "ndcg@10", out_dir / "ranking_ndcg.png", "ML-100K per-user 80/20: NDCG@10")
     elapsed = time.perf_counter() - t_start
@@ -140,6 +202,7 @@ def run_demo(out_dir: Path, *, quick: bool = False) -> int:
         "## Full ranking (per-user 80/20, training items excluded)\n\n```\n" + ranking_table + "\n```\n\n"
         "![ndcg](ranking_ndcg.png)\n"
         + ("\n## Two-tower training curve\n\n![curve](training_curve.png)\n" if history else "")
+        + _tune_section(tuned) + _serve_section(served)
     )
     print(f"\nreport written to {out_dir}/ ({elapsed:.0f} s)")
     return 0
