@@ -11,7 +11,9 @@ Layout of an artifact folder::
     id_maps.json              raw user/item ids in index order
     tokenizer/                the tokenizer files
 
-``load_artifact`` checks every hash (and that no file was added or removed) before it reads any weights.
+``load_artifact`` checks every hash (and that no file was added or removed) before it reads any weights; manifest
+entries must be plain relative paths inside the folder (no ``..``, no absolute path) and the folder may hold no
+symbolic links, so an artifact cannot make the loader read a file outside it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -43,6 +45,12 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def is_plain_relative(name: str) -> bool:
+    """A manifest entry that names a file inside its folder: relative, no ``..``, no backslash or NUL byte."""
+    pure = PurePosixPath(name)
+    return bool(name) and "\\" not in name and "\x00" not in name and not pure.is_absolute() and ".." not in pure.parts
 
 
 def _listed_files(root: Path) -> list[str]:
@@ -125,7 +133,15 @@ def verify_artifact(directory: str | Path, expected_format: str = FORMAT) -> dic
         raise ArtifactError(
             f"{root}: unknown artifact format {manifest.get('format')!r} (expected {expected_format})"
         )
-    listed = manifest.get("files", {})
+    listed = manifest.get("files")
+    if not isinstance(listed, dict):
+        raise ArtifactError(f"{root}: {MANIFEST} has no 'files' mapping")
+    for rel in listed:
+        if not is_plain_relative(rel):
+            raise ArtifactError(f"{root}: manifest entry {rel!r} is not a relative path inside the artifact")
+    links = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_symlink())
+    if links:  # a link could point the loader at any file on the host
+        raise ArtifactError(f"{root}: symbolic links are not allowed in an artifact: {links}")
     present = set(_listed_files(root))
     if present != set(listed):
         raise ArtifactError(f"{root}: files differ from the manifest: missing {sorted(set(listed) - present)}, "

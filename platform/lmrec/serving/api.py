@@ -1,7 +1,8 @@
 """HTTP API of the recommendation service: request/response schemas and the FastAPI app (OpenAPI at /docs).
 
 Every bad input is a 4xx with a message that names the problem: schema violations are FastAPI's 422, unknown
-ids 404, duplicates 409, bodies over the size limit 413. The same ``build_api`` serves the Ray Serve ingress
+ids 404, duplicates 409, bodies over the size limit 413. A member replica that died under a request (or a hot
+swap in progress) is a 503 with ``Retry-After``: clients retry it (docs/reliability.md). The same ``build_api`` serves the Ray Serve ingress
 and the bare single-process app of the benchmark.
 """
 
@@ -163,6 +164,17 @@ class _TooLarge(Exception):
     pass
 
 
+def _replica_unavailable(error: Exception) -> bool:
+    """A Ray actor (a member replica) died or is unreachable; Ray is only imported if the app already uses it."""
+    import sys
+
+    exceptions = sys.modules.get("ray.exceptions")
+    if exceptions is None:
+        return False
+    kinds = tuple(getattr(exceptions, n) for n in ("RayActorError", "ActorUnavailableError") if hasattr(exceptions, n))
+    return isinstance(error, kinds)
+
+
 def build_api(router, max_body_bytes: int = 65536, title: str = "lmrec recommendation service") -> FastAPI:
     """The FastAPI app over an ``EnsembleRouter`` (``lmrec.serving.ensemble``)."""
     app = FastAPI(title=title, description=__doc__)
@@ -171,7 +183,14 @@ def build_api(router, max_body_bytes: int = 65536, title: str = "lmrec recommend
         try:
             return await coro
         except ServingError as e:
-            raise HTTPException(e.status, e.detail) from None
+            headers = {"Retry-After": "1"} if e.status == 503 else None
+            raise HTTPException(e.status, e.detail, headers=headers) from None
+        except Exception as e:
+            if not _replica_unavailable(e):
+                raise
+            # a member replica died or restarts under this request: retryable, unlike a bug (500)
+            raise HTTPException(503, f"a model replica is unavailable ({type(e).__name__}); retry shortly",
+                                headers={"Retry-After": "1"}) from None
 
     @app.post("/recommend", response_model=RecommendResponse, summary="Top-k items for a known user")
     async def recommend(req: RecommendRequest):

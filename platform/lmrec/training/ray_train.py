@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import yaml
@@ -40,10 +41,18 @@ PASSED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "TORCH_EXTENS
 
 
 class FaultInjection(StrictModel):
-    """Test-only: worker ``rank`` exits mid-epoch ``epoch`` once (set ``LMREC_FAULT_INJECTION`` to this as JSON)."""
+    """Test-only: worker ``rank`` is SIGKILLed once in epoch ``epoch`` (``LMREC_FAULT_INJECTION`` holds this as JSON).
 
-    epoch: int = Field(..., ge=0, description="0-based epoch in which the worker dies (after its first batch).")
+    ``point="step"`` kills it before batch ``batch`` of the epoch; ``point="checkpoint"`` kills it ``delay_s``
+    after the epoch's checkpoint write began (0: once its files are written, before they are sealed; a longer
+    delay lands inside the upload to storage, or later).
+    """
+
+    epoch: int = Field(..., ge=0, description="0-based epoch in which the worker dies.")
     rank: int = Field(..., ge=0, description="World rank of the worker that dies.")
+    point: Literal["step", "checkpoint"] = Field("step", description="Mid-epoch training step or checkpoint write.")
+    batch: int = Field(1, ge=0, description="point=step: the 0-based batch the worker dies before.")
+    delay_s: float = Field(0.0, ge=0, le=60, description="point=checkpoint: seconds after the write began.")
     marker: str | None = Field(None, description="File written before dying; its presence disarms the fault.")
 
 

@@ -7,7 +7,9 @@ the driver's ``__main__``, so it runs the same under ``lmrec train``, Ray Jobs a
 Every rank reports once per epoch with the same metrics (validation is rank-identical), so the early-stopping
 decision and the number of ``ray.train.report`` calls agree across ranks. Each rank saves into its own temporary
 directory and Ray merges them into one checkpoint folder: that is how DeepSpeed's per-rank ZeRO shards end up
-side by side, and how every rank of a restarted group finds them again.
+side by side, and how every rank of a restarted group finds them again. Each rank seals its part with a
+manifest of sha256s, written after its files; a resume loads only a checkpoint that verifies
+(``lmrec.training.checkpoint_manifest``) and falls back to the newest older one that does.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import json
 import logging
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +30,7 @@ import ray.train.torch
 from ray.train import Checkpoint, CheckpointConsistencyMode
 
 from lmrec.config.train import TrainSpec
+from lmrec.training.checkpoint_manifest import CheckpointIntegrityError, verify_checkpoint, write_manifest
 from lmrec.training.recipe import TwoTowerRecipe
 
 log = logging.getLogger(__name__)
@@ -54,20 +59,85 @@ def _materialise_spec(config: dict, workdir: str) -> TrainSpec:
     return spec
 
 
+def _die(fault: dict, rank: int, epoch: int, where: str) -> None:
+    """Test-only fault injection: record the kill in the marker file (which disarms it), then SIGKILL this worker."""
+    Path(fault["marker"]).write_text(f"killed rank {rank} in epoch {epoch} {where} at {time.time():.3f}\n")
+    log.warning("fault injection: SIGKILL rank %d in epoch %d %s", rank, epoch, where)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _armed(fault: dict | None, point: str, epoch: int, rank: int) -> bool:
+    return bool(fault and fault["point"] == point and fault["epoch"] == epoch and fault["rank"] == rank
+                and not os.path.exists(fault["marker"]))
+
+
 def _with_fault(batches, fault: dict | None, epoch: int, rank: int):
-    """Test-only fault injection: this worker process dies (``os._exit``) mid-epoch, once per marker file.
+    """Test-only: SIGKILL this worker before batch ``fault["batch"]`` of the epoch (once per marker file).
 
     Before dying it waits until Ray has committed the previous epoch's checkpoint: the controller registers
     reports on its periodic poll, so a crash within that window would (correctly) resume one epoch earlier and
-    make the test's expectation timing-dependent.
+    make a test's expectation timing-dependent.
     """
     for i, batch in enumerate(batches):
-        if fault and fault["epoch"] == epoch and fault["rank"] == rank and i == 1 and not os.path.exists(fault["marker"]):
+        if _armed(fault, "step", epoch, rank) and i == fault["batch"]:
             ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
-            Path(fault["marker"]).write_text(f"killed rank {rank} in epoch {epoch} at {time.time():.0f}\n")
-            log.warning("fault injection: rank %d exits in epoch %d after %d batch(es)", rank, epoch, i)
-            os._exit(1)
+            _die(fault, rank, epoch, f"before batch {i}")
         yield batch
+
+
+def _arm_checkpoint_fault(fault: dict | None, epoch: int, rank: int) -> threading.Timer | None:
+    """Test-only: SIGKILL this worker ``delay_s`` after its checkpoint write begins (``delay_s=0``: see caller)."""
+    if not _armed(fault, "checkpoint", epoch, rank) or fault["delay_s"] == 0:
+        return None
+    timer = threading.Timer(fault["delay_s"], _die, (fault, rank, epoch, f"{fault['delay_s']:.3f} s into the "
+                                                                         "checkpoint write"))
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def _save_sealed(recipe: TwoTowerRecipe, directory: str, history: list[dict], fault: dict | None, epoch: int,
+                 rank: int, world_size: int) -> None:
+    """Every rank's checkpoint files, then (last) its manifest of their sha256s (``checkpoint_manifest``)."""
+    recipe.save_checkpoint(directory)
+    if rank == 0:
+        (Path(directory) / HISTORY_FILE).write_text(json.dumps(history), encoding="utf-8")
+    if _armed(fault, "checkpoint", epoch, rank) and fault["delay_s"] == 0:
+        _die(fault, rank, epoch, "after writing its checkpoint files, before sealing them")
+    # DDP: rank 0 holds the whole state; DeepSpeed: every rank holds its ZeRO shard
+    writers = list(range(world_size)) if recipe.engine_name == "deepspeed" else [0]
+    write_manifest(directory, rank, writers)
+
+
+def _resume(recipe: TwoTowerRecipe, rank: int) -> tuple[int, list[dict]]:
+    """Load the newest checkpoint that verifies: Ray's latest first, then older reported ones; else start fresh.
+
+    A checkpoint whose manifest is missing or whose files do not hash to it is skipped with a warning: it is
+    never loaded. Every rank verifies the same shared folders, so all ranks pick the same checkpoint.
+    """
+    latest = ray.train.get_checkpoint()
+    if latest is None:
+        return 0, []
+    older = sorted(ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED),
+                   key=lambda r: -int(r.metrics.get("epoch", -1)))
+    seen = set()
+    for checkpoint in [latest, *(r.checkpoint for r in older)]:
+        if checkpoint.path in seen:
+            continue
+        seen.add(checkpoint.path)
+        with checkpoint.as_directory() as directory:
+            try:
+                verify_checkpoint(directory)
+            except CheckpointIntegrityError as e:
+                log.warning("rank %d skips checkpoint %s: %s", rank, checkpoint.path, e)
+                continue
+            start_epoch = recipe.load_checkpoint(directory)
+            history_path = Path(directory) / HISTORY_FILE
+            history = json.loads(history_path.read_text(encoding="utf-8")) if history_path.exists() else []
+        log.info("rank %d resumed from verified checkpoint %s at epoch %d", rank, checkpoint.path, start_epoch)
+        return start_epoch, history
+    log.warning("rank %d found no intact checkpoint: starting from scratch", rank)
+    return 0, []
 
 
 def _export(recipe: TwoTowerRecipe, destination: str, metrics: dict, rank: int) -> str | None:
@@ -144,15 +214,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
         recipe = TwoTowerRecipe(spec, data, device=ray.train.torch.get_device(), world_size=world_size, rank=rank,
                                 init_state=ray.get(init_ref) if init_ref is not None else None)
 
-    start_epoch, history = 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            start_epoch = recipe.load_checkpoint(directory)
-            history_path = Path(directory) / HISTORY_FILE
-            if history_path.exists():
-                history = json.loads(history_path.read_text(encoding="utf-8"))
-        log.info("rank %d resumed from checkpoint %s at epoch %d", rank, checkpoint.path, start_epoch)
+    start_epoch, history = _resume(recipe, rank)
 
     shard = ray.train.get_dataset_shard("train")
     epochs, batch_size = spec.optim.epochs, spec.optim.batch_size
@@ -179,9 +241,8 @@ def train_loop_per_worker(config: dict) -> dict | None:
                      train_metrics.get("loss", math.nan), shown, metric, val_metrics.get("best", math.nan),
                      int(val_metrics.get("best_epoch", -1)) + 1, " [resumed run]" if start_epoch else "")
         with tempfile.TemporaryDirectory(prefix="lmrec-ckpt-") as tmp:
-            recipe.save_checkpoint(tmp)
-            if rank == 0:
-                (Path(tmp) / HISTORY_FILE).write_text(json.dumps(history), encoding="utf-8")
+            _arm_checkpoint_fault(config.get("fault"), epoch, rank)
+            _save_sealed(recipe, tmp, history, config.get("fault"), epoch, rank, world_size)
             ray.train.report(
                 last,
                 checkpoint=Checkpoint.from_directory(tmp) if os.listdir(tmp) else None,
