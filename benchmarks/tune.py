@@ -75,13 +75,13 @@ def main() -> None:
     study = locate(spec, TUNE_SPEC, base, args.resume)
     temp_dir = tempfile.mkdtemp(prefix="lmrec-tb-", dir="/tmp")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # private loopback instance
-    for attempt in range(4):  # private instance (never another's cluster); a loaded machine can miss Ray's 30 s
+    for attempt in range(20):  # private instance (never another's cluster); a loaded machine can miss Ray's 30 s
         try:                  # raylet registration window, so retry
             ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir)
             break
         except Exception:
             ray.shutdown()
-            if attempt == 3:
+            if attempt == 19:
                 raise
     started = time.perf_counter()
     grid = run_study(study, resume=args.resume)

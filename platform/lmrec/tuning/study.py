@@ -23,7 +23,7 @@ from lmrec.config.base import SpecError
 from lmrec.training.ray_train import DEFAULT_STORAGE, _is_uri, connect_ray
 from lmrec.tuning.spec import (RAW_SEP, Choice, LogUniform, RandInt, Simplex, TuneSpec, Uniform, raw_point,
                                trial_spec)
-from lmrec.tuning.trial import EPOCHS_DONE, run_trial
+from lmrec.tuning.trial import ASHA_CLOCK, run_trial
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def _scheduler(study: Study):
     sched = study.spec.scheduler
     if sched.kind == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(time_attr=EPOCHS_DONE, max_t=study.max_epochs, grace_period=sched.grace_period,
+    return ASHAScheduler(time_attr=ASHA_CLOCK, max_t=study.max_epochs, grace_period=sched.grace_period,
                          reduction_factor=sched.reduction_factor)
 
 

@@ -19,7 +19,11 @@ from lmrec.tuning.spec import TuneSpec, resolve_trial, trial_spec
 
 log = logging.getLogger(__name__)
 
-EPOCHS_DONE = "epochs_done"  # ASHA's time attribute: survives a restored trial (training_iteration restarts at 0)
+EPOCHS_DONE = "epochs_done"  # survives a restored trial (training_iteration restarts at 0)
+# ASHA's clock: epochs done, left out of the final epoch's report. ASHA stops a trial whose clock reaches max_t (or
+# a rung it falls short of) as that report arrives, which would kill the worker loop before it exports the
+# artifact; without the clock on the final report the trial always finishes its export.
+ASHA_CLOCK = "asha_epoch"
 
 
 def runs_dir(study_path: str) -> str:
@@ -35,14 +39,15 @@ def objective_value(objective: dict[str, float] | None, metrics: dict) -> float 
 
 
 class TrialReport(TuneReportCallback):
-    """``TuneReportCallback`` that adds the epoch count (ASHA's clock) and the spec's weighted objective."""
+    """``TuneReportCallback`` that adds the epoch count, ASHA's clock and the spec's weighted objective."""
 
-    def __init__(self, metric: str, objective: dict[str, float] | None):
+    def __init__(self, metric: str, objective: dict[str, float] | None, epochs: int):
         super().__init__()
-        self._metric, self._objective = metric, objective
+        self._metric, self._objective, self._epochs = metric, objective, epochs
 
     def after_report(self, run_context, metrics, checkpoint):
-        extra = {EPOCHS_DONE: int(metrics[0].get("epoch", -1)) + 1}
+        done = int(metrics[0].get("epoch", -1)) + 1
+        extra = {EPOCHS_DONE: done, **({ASHA_CLOCK: done} if done < self._epochs else {})}
         value = objective_value(self._objective, metrics[0])
         if value is not None:
             extra[self._metric] = value
@@ -61,5 +66,6 @@ def run_trial(config: dict, *, tune_spec: dict, base: str, study_path: str) -> N
     train = trial_spec(spec, Path(base), {**overrides, "name": trial_id, "scaling.storage_path": runs_dir(study_path)})
     log.info("trial %s: %s", trial_id, {k: overrides[k] for k in overrides if k not in spec.overrides})
     # resume=True: a restored trial picks its trainer run (and latest epoch checkpoint) up again
-    run = build_trainer(train, spec_path=base, resume=True, callbacks=[TrialReport(spec.metric, spec.objective)])
+    report = TrialReport(spec.metric, spec.objective, train.optim.epochs)
+    run = build_trainer(train, spec_path=base, resume=True, callbacks=[report])
     run.fit()
