@@ -43,20 +43,57 @@ FAILED_TARGET = 0.001
 SOAK_RSS_BOUND_MIB = 64.0  # allowed growth of the Serve processes' summed RSS, first to last soak minute
 
 
-def start_ray(tries: int = 8, **kwargs) -> None:
-    """``ray.init``, retried: on a saturated shared machine the raylet can miss its fixed ~15 s wait for the
-    dashboard agent (a slow Python start-up) and exit, which ``ray.init`` reports as a start-up time-out."""
-    import ray
+def start_ray(tries: int = 3, **kwargs) -> None:
+    """``ray.init`` made patient for a saturated shared machine (load average >> cores).
 
-    for attempt in range(tries):
-        try:
-            ray.init(**kwargs)
-            return
-        except Exception:  # noqa: BLE001 - Ray raises a bare Exception for these time-outs
-            ray.shutdown()
-            if attempt == tries - 1:
-                raise
-            time.sleep(10)
+    There the dashboard agent, a Python process, can take longer to start than the raylet's fixed wait for its
+    port file (the raylet then exits), and the raylet longer to register than ``ray.init``'s fixed 30 s. So the
+    agents get fixed free ports (nothing to wait for), registration is awaited up to 180 s, and the whole start
+    is retried.
+    """
+    import socket
+
+    import ray
+    import ray._private.parameter as parameter
+    import ray._private.services as services
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    plain_init, get_node = parameter.RayParams.__init__, services.get_node
+
+    def with_ports(self, *a, **k):
+        plain_init(self, *a, **k)
+        for name in ("metrics_agent_port", "dashboard_agent_listen_port", "runtime_env_agent_port",
+                     "metrics_export_port"):
+            if not getattr(self, name, None):
+                setattr(self, name, free_port())
+
+    def patient_get_node(*a, **k):
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                return get_node(*a, **k)
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+
+    parameter.RayParams.__init__, services.get_node = with_ports, patient_get_node
+    try:
+        for attempt in range(tries):
+            try:
+                ray.init(**kwargs)
+                return
+            except Exception:  # noqa: BLE001 - Ray raises a bare Exception for these time-outs
+                ray.shutdown()
+                if attempt == tries - 1:
+                    raise
+                time.sleep(5)
+    finally:
+        parameter.RayParams.__init__, services.get_node = plain_init, get_node
 
 
 # ---------------------------------------------------------------- training faults
@@ -540,27 +577,32 @@ def main() -> int:
     args = p.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     parts = set(args.only.split(","))
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    if "training" in parts:
+        merge_results({"training": training_campaign(args.trials, args.seed) | {
+            "loadavg_start": load_start, "loadavg_end": [round(x, 2) for x in os.getloadavg()]}})
+    if parts & {"serving", "fuzz", "soak"}:
+        served = serving_parts(parts, args)
+        load = {"loadavg_start": load_start, "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
+        updates = {"serve_setup": {k: served[k] for k in ("serve_start_s", "health_check_period_s")} | load}
+        if "replica_kills" in served:
+            updates["replica_kills"] = served["replica_kills"]
+        for key in ("fuzz", "soak"):
+            if key in served:
+                updates[key] = served[key] | load
+        merge_results(updates)
+    return 0
+
+
+def merge_results(updates: dict) -> None:
+    """Update this run's keys of reliability.json (parts may run separately, even concurrently) and the summary."""
     path = RESULTS / "reliability.json"
     result = json.loads(path.read_text()) if path.exists() else {}
     result.pop("machine", None)
-    load_start = [round(x, 2) for x in os.getloadavg()]
-    if "training" in parts:
-        result["training"] = training_campaign(args.trials, args.seed) | {"loadavg_start": load_start}
-        write_results("reliability", result)
-    if parts & {"serving", "fuzz", "soak"}:
-        served = serving_parts(parts, args)
-        for key in ("replica_kills", "fuzz", "soak"):
-            if key in served:
-                result[key] = served[key] | {"loadavg_start": load_start, "loadavg_end":
-                                             [round(x, 2) for x in os.getloadavg()]} if isinstance(
-                    served[key], dict) else served[key]
-        result["serve_setup"] = {k: served[k] for k in ("serve_start_s", "health_check_period_s")}
-        if "replica_kills" in served:
-            result["replica_kills_loadavg"] = {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]}
+    result.update(updates)
     result["summary"] = summary(result)
     write_results("reliability", result)
-    print(json.dumps(result["summary"], indent=1))
-    return 0
+    print(json.dumps(result["summary"], indent=1), flush=True)
 
 
 def summary(result: dict) -> dict:
