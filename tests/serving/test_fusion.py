@@ -152,7 +152,7 @@ class _CountingCatalog:
 
 def test_catalog_is_polled_not_called_per_request(serving_artifacts):
     """Two ingress routers share one catalog: /recommend does not ask it on every request; the router that added an
-    item ranks it at once, the other within ``catalog_poll_s``."""
+    item ranks it at once, the other within ``catalog_poll_s`` (no request waits for a look)."""
     import asyncio
 
     from lmrec.serving.api import AddItemRequest, RecommendRequest, ServingError
@@ -175,7 +175,8 @@ def test_catalog_is_polled_not_called_per_request(serving_artifacts):
             await b.recommend(RecommendRequest(user_id=user, k=5))
         calls_for_20 = catalog.since_calls
         await asyncio.sleep(1.05)
-        await b.recommend(RecommendRequest(user_id=user, k=5))  # b looks now, before the item exists
+        await b.recommend(RecommendRequest(user_id=user, k=5))  # b starts a look in the background ...
+        await asyncio.sleep(0.05)  # ... which ends before the item exists
         await a.add_item(AddItemRequest(item_id=900002, text="A heist comedy set on a space station. Genres: Comedy."))
         only_new = RecommendRequest(user_id=user, k=1, candidate_item_ids=[900002])
         got_a = await a.recommend(only_new)
@@ -189,3 +190,72 @@ def test_catalog_is_polled_not_called_per_request(serving_artifacts):
     assert calls_for_20 <= 2  # was one call per request (20) before polling
     assert [i["item_id"] for i in got_a["items"]] == [900002] and status_b == 404
     assert [i["item_id"] for i in got_b["items"]] == [900002]
+
+
+class _CountingMember:
+    """A member's in-process surface that counts its calls; ``member`` can be replaced (a hot swap)."""
+
+    def __init__(self, member) -> None:
+        from lmrec.serving.app import _LocalMember
+
+        self.local, self.calls = _LocalMember(member), 0
+
+    def __getattr__(self, name):
+        fn = getattr(self.local, name)
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return fn(*args, **kwargs)
+
+        return counted
+
+
+def test_recommend_scores_from_local_tables_and_follows_a_swap(serving_artifacts):
+    """/recommend scores a known user from the members' score tables (no member call per request), with the same
+    numbers as the members' own answers, and picks up a swapped artifact within ``catalog_poll_s``."""
+    import asyncio
+
+    from lmrec.models.artifact import load_artifact
+    from lmrec.serving.api import RecommendRequest
+    from lmrec.serving.app import LocalHandle
+    from lmrec.serving.catalog import ItemCatalogCore
+    from lmrec.serving.ensemble import EnsembleRouter
+    from lmrec.serving.members import TwoTowerMember
+
+    tt = _CountingMember(TwoTowerMember(serving_artifacts["v1"]))
+    mf = _CountingMember(MFMember(serving_artifacts["mf"]))
+    router = EnsembleRouter(LocalHandle(tt), LocalHandle(mf), None, LocalHandle(ItemCatalogCore()),
+                            {"two_tower": 0.7, "mf": 0.3}, catalog_poll_s=0.3)
+    users = [int(u) for u in serving_artifacts["data"].user_ids[:30]]
+    # the tables hold the members' arithmetic: MF's global mean + biases + factors, the two-tower's index
+    art = load_artifact(serving_artifacts["v1"])
+    emb = art.embeddings
+    u = 3
+    head = art.model.ranking_head == "interest"
+    expect_tt = (emb["item_interest"].numpy() @ emb["user_interest"].numpy()[u] if head else
+                 emb["item_vectors"].numpy() @ emb["user_vectors"].numpy()[u] + emb["item_bias"].numpy())
+    np.testing.assert_allclose(tt.local.member.table.scores(u), expect_tt, rtol=1e-5, atol=1e-6)
+    a = mf.local.member.art
+    np.testing.assert_allclose(mf.local.member.table.scores(u), mf.local.member._scores(a.user_bias[u], a.user_factors[u]))
+
+    async def scenario():
+        first = [await router.recommend(RecommendRequest(user_id=x, k=5)) for x in users]
+        calls = tt.calls + mf.calls
+        tt.local.member = TwoTowerMember(serving_artifacts["v2"])  # what reconfigure does in a replica
+        before = await router.recommend(RecommendRequest(user_id=users[0], k=5))
+        await asyncio.sleep(0.35)
+        await router.recommend(RecommendRequest(user_id=users[0], k=5))  # starts the look in the background
+        await asyncio.sleep(0.05)
+        after = await router.recommend(RecommendRequest(user_id=users[0], k=5))
+        return first, calls, before, after
+
+    first, calls, before, after = asyncio.run(scenario())
+    assert calls <= 8  # one table fetch per member (+ sha and id look-ups), not a call per request (60)
+    old, new = (TwoTowerMember(serving_artifacts[v]).sha256[:12] for v in ("v1", "v2"))
+    assert {r["versions"]["two_tower"] for r in first} == {old} and before["versions"]["two_tower"] == old
+    assert after["versions"]["two_tower"] == new
+    # the answer from local tables equals fusing the members' own answers
+    for r, x in zip(first[:5], users):
+        assert [i["member_scores"]["mf"] for i in r["items"]] == pytest.approx(
+            [float(mf.local.member.predict(x, [mf.local.member.item_ids.index(i["item_id"])])["ratings"][0])
+             for i in r["items"]], rel=1e-6)

@@ -7,6 +7,10 @@ Graph::
                               --> TextEncoderService (@serve.batch; same two-tower artifact)
                               --> ItemCatalog      (1 replica: items added at run time; polled, not per request)
 
+``/recommend`` for a known user is answered inside the ingress from the members' score tables (``tables.py``,
+fetched once per artifact version and re-checked in the background), so it costs one HTTP hop; cold start, new
+items, similar-by-text, predictions and explanations call the member deployments.
+
 The artifact paths become each member's ``user_config`` (``{"artifact_dir": ...}``). Hot swap: point those
 ``user_config`` entries of the Serve config at the new artifact and deploy it again; Serve calls ``reconfigure``
 on the running replicas (no restart). Changing ``args`` instead restarts every replica (also without failed
@@ -113,6 +117,12 @@ class _LocalMember:
 
     def item_ids(self):
         return self.member.sha256, self.member.item_ids
+
+    def sha256(self) -> str:
+        return self.member.sha256
+
+    def score_table(self):
+        return self.member.table
 
     def item_texts(self):
         return self.member.sha256, self.member.art.item_texts

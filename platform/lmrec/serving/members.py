@@ -17,6 +17,7 @@ import torch
 from lmrec.models.artifact import sha256_file
 from lmrec.storage import local_artifact
 from lmrec.serving.protocol import IdMap, VersionSkew
+from lmrec.serving.tables import ScoreTable, csr_from_padded
 
 
 def _info(kind: str, root: Path, manifest: dict, name: str, sha: str) -> dict:
@@ -55,6 +56,11 @@ class TwoTowerMember:
         self.info = _info("two_tower", root, art.manifest, art.manifest["config"].get("name", "two-tower"),
                           self.sha256) | {"n_users": len(self.users), "n_items": len(self.item_ids),
                                           "hidden": self.model.encoder.hidden_size}
+        indptr, seen = csr_from_padded(self.history)
+        vec = (self.user_interest, self.item_interest) if self.interest_head else (self.user_vec, self.item_vec)
+        const = np.zeros(len(self.item_ids), np.float32) if self.interest_head else self.item_bias
+        self.table = ScoreTable(self.sha256, list(art.user_ids), self.item_ids, vec[0], vec[1], const, None,
+                                indptr, seen)
 
     # ---- new items (text tower only) ----
     @torch.no_grad()
@@ -85,13 +91,14 @@ class TwoTowerMember:
     # ---- requests ----
     def user_scores(self, user_id, extra_hidden=None, encoder_sha=None) -> dict | None:
         """Ranking scores of every item (artifact + new); ``scores`` is None for an unknown user."""
+        out = self.table.user_scores(user_id)
+        if out["scores"] is None or extra_hidden is None or len(extra_hidden) == 0:
+            return out
+        self.check_encoder(encoder_sha)
+        p = self.project(extra_hidden)
         u = self.users.index(user_id)
-        if u is None:
-            return {"sha256": self.sha256, "scores": None}
-        tables = self._tables(extra_hidden, encoder_sha)
-        hist = self.history[u]
-        return {"sha256": self.sha256, "scores": self._rank(self.user_vec[u], self.user_interest[u], tables),
-                "seen": hist[hist >= 0]}
+        extra = self._rank(self.user_vec[u], self.user_interest[u], (p["vec"], p["bias"], p["interest"]))
+        return out | {"scores": np.concatenate([out["scores"], extra])}
 
     def predict(self, user_id, item_idx: np.ndarray, extra_hidden=None, encoder_sha=None) -> dict:
         """Ratings (rating head) for items in the combined index space; ``ratings`` is None for an unknown user."""
@@ -176,26 +183,25 @@ class MFMember:
         self.fold_in_l2 = fold_in_l2
         self.info = _info("mf", root, self.art.manifest, self.art.manifest.get("name", "mf"), self.sha256) | {
             "n_users": len(self.users), "n_items": len(self.item_ids)}
+        a = self.art
+        self.table = ScoreTable(self.sha256, list(a.user_ids), self.item_ids, a.user_factors, a.item_factors,
+                                a.item_bias, a.global_mean + a.user_bias.astype(np.float64), a.seen_indptr,
+                                a.seen_items, a.seen_ratings, list(a.item_texts))
 
     def _scores(self, bias: float, factors: np.ndarray) -> np.ndarray:
+        """Scores of a user vector that is not in the table (a folded-in user), in the table's arithmetic."""
         a = self.art
-        return a.global_mean + bias + a.item_bias + a.item_factors @ factors
+        return a.item_factors @ factors + a.item_bias + (a.global_mean + np.float64(bias))
 
     def user_scores(self, user_id) -> dict:
         """Scores of every artifact item, the user's training items and ratings; ``scores`` None if unknown."""
-        u = self.users.index(user_id)
-        if u is None:
-            return {"sha256": self.sha256, "scores": None}
-        items, ratings = self.art.seen(u)
-        return {"sha256": self.sha256, "scores": self._scores(self.art.user_bias[u], self.art.user_factors[u]),
-                "seen": items, "seen_ratings": ratings}
+        return self.table.user_scores(user_id)
 
     def predict(self, user_id, item_idx: np.ndarray) -> dict:
         u = self.users.index(user_id)
         if u is None:
             return {"sha256": self.sha256, "ratings": None}
-        scores = self._scores(self.art.user_bias[u], self.art.user_factors[u])
-        return {"sha256": self.sha256, "ratings": scores[np.asarray(item_idx, dtype=np.int64)]}
+        return {"sha256": self.sha256, "ratings": self.table.scores(u)[np.asarray(item_idx, dtype=np.int64)]}
 
     def fold_in(self, item_idx: np.ndarray, ratings: np.ndarray) -> dict:
         """A new user's bias and factors by ridge regression on the item side held fixed (no retraining)."""

@@ -45,6 +45,13 @@ class _MemberDeployment:
         m = self.member
         return m.sha256, m.item_ids
 
+    async def sha256(self) -> str:
+        return self.member.sha256
+
+    async def score_table(self):
+        """The member's ``ScoreTable`` (the ingress answers ``/recommend`` from it: ``tables.py``)."""
+        return self.member.table
+
     async def call(self, method: str, *args, **kwargs):
         """Run one member method on the current artifact (one reference read: a swap cannot split a request)."""
         return call_member(self.member, method, *args, **kwargs)
