@@ -67,12 +67,26 @@ def world(data_dir, tmp_path_factory):
     import ray
     from ray import serve
 
+    # 4 logical CPUs: the Serve replicas (1.1 CPU) and the 2 half-CPU training workers fit side by side
+    ray.init(num_cpus=4, include_dashboard=False, namespace="serve", log_to_driver=False)
+    previous = os.environ.get("LMREC_DATA_DIR")
+    try:
+        yield _world(data_dir, tmp_path_factory.mktemp("incremental"))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        if previous is None:
+            os.environ.pop("LMREC_DATA_DIR", None)
+        else:
+            os.environ["LMREC_DATA_DIR"] = previous
+
+
+def _world(data_dir: Path, root: Path) -> dict:
     from lmrec.config.train import TrainSpec
     from lmrec.serving.cli import main_serve
     from lmrec.training.incremental import ArtifactStore
     from lmrec.training.local import train_local
 
-    root = tmp_path_factory.mktemp("incremental")
     data = root / "data" / "ml-100k"
     data.mkdir(parents=True)
     for name in ("u.item", "u.user"):
@@ -81,11 +95,9 @@ def world(data_dir, tmp_path_factory):
     in_slice = (ratings["u"] <= MAX_USERS) & (ratings["i"] <= MAX_ITEMS)
     cut = int(ratings.loc[in_slice, "t"].quantile(BASE_QUANTILE))
     ratings[ratings["t"] <= cut].to_csv(data / "u.data", sep="\t", header=False, index=False)
-    previous = os.environ.get("LMREC_DATA_DIR")
     os.environ["LMREC_DATA_DIR"] = str(root / "data")
 
-    spec = TrainSpec.model_validate(SPEC)
-    base = train_local(spec, device="cpu", artifact_dir=root / "base-artifact")
+    base = train_local(TrainSpec.model_validate(SPEC), device="cpu", artifact_dir=root / "base-artifact")
     store = ArtifactStore(str(root / "store"))
     assert store.publish(base.artifact) == "v0001"
 
@@ -100,24 +112,13 @@ def world(data_dir, tmp_path_factory):
     spec_file = root / "incremental.yaml"
     spec_file.write_text(yaml.safe_dump({**SPEC, "incremental": {**SPEC["incremental"],
                                                                  "serve_config": str(serve_file)}}))
-
-    # 4 logical CPUs: the Serve replicas (1.1 CPU) and the 2 half-CPU training workers fit side by side
-    ray.init(num_cpus=4, include_dashboard=False, namespace="serve", log_to_driver=False)
-    try:
-        assert main_serve(str(serve_file), detach=True) == 0
-        # the later interactions arrive: appended to the same file, as a log grows
-        with open(data / "u.data", "a") as f:
-            ratings[ratings["t"] > cut].to_csv(f, sep="\t", header=False, index=False)
-        yield {"url": f"http://127.0.0.1:{raw['http_options']['port']}", "store": store, "spec": spec_file,
-               "cut": cut, "ratings": ratings[in_slice], "base_cutoff": json.loads(
-                   (Path(base.artifact) / "manifest.json").read_text())["data_cutoff"]}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        if previous is None:
-            os.environ.pop("LMREC_DATA_DIR", None)
-        else:
-            os.environ["LMREC_DATA_DIR"] = previous
+    assert main_serve(str(serve_file), detach=True) == 0
+    # the later interactions arrive: appended to the same file, as a log grows
+    with open(data / "u.data", "a") as f:
+        ratings[ratings["t"] > cut].to_csv(f, sep="\t", header=False, index=False)
+    return {"url": f"http://127.0.0.1:{raw['http_options']['port']}", "store": store, "spec": spec_file,
+            "cut": cut, "ratings": ratings[in_slice],
+            "base_cutoff": json.loads((Path(base.artifact) / "manifest.json").read_text())["data_cutoff"]}
 
 
 def _served_sha(world) -> str:

@@ -8,11 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from lmrec.config.base import SpecError
 from lmrec.config.train import TrainSpec
 from lmrec.data.schema import DataError, Dataset
-from lmrec.training.incremental import ArtifactStore, expand_state, locate, select_new, union_dataset
+from lmrec.training.incremental import (
+    ArtifactStore,
+    expand_state,
+    locate,
+    select_new,
+    union_dataset,
+)
 
 
 def _artifact(folder, text="{}"):
