@@ -87,7 +87,7 @@ class MetaLearningStrategy(StrictModel):
     inner_steps: int = Field(5, ge=1, description="Gradient steps on a support set.")
     inner_lr: float = Field(0.5, gt=0, description="Inner-loop step size.")
     click_weight: float = Field(0.3, ge=0, description="Weight of the softmax 'which items' term in a task loss.")
-    l2: float = Field(0.01, ge=0, description="L2 on the fast parameters in the inner loop.")
+    l2: float = Field(0.01, ge=0, description="Inner-loop pull of the fast parameters toward their aggregate init.")
     max_support: int = Field(10, ge=1, description="Support ratings per training task: k ~ U{1..max_support}.")
     query_size: int = Field(20, ge=1, description="Query ratings per training task.")
     tasks_per_batch: int = Field(32, ge=1, description="Users per outer step.")
