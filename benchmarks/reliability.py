@@ -411,12 +411,24 @@ def fuzz_schema(schema, examples_per_operation: int, seed: int = 0) -> dict:
 # ---------------------------------------------------------------- soak
 
 def serve_processes() -> dict[int, str]:
-    """pid -> class name of every live actor of this cluster's Serve (controller, proxy, replicas)."""
-    from ray.util.state import list_actors
+    """pid -> process title of this cluster's Serve processes (controller, proxy, replicas): the workers under
+    this session's raylet (other Ray clusters on the machine have their own)."""
+    import psutil
+    import ray
 
-    return {a.pid: a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-            if a.pid and ("Serve" in (a.class_name or "") or "Proxy" in (a.class_name or "")
-                          or "Replica" in (a.class_name or ""))}
+    session = ray._private.worker._global_node.get_session_dir_path()
+    out = {}
+    for proc in psutil.process_iter(["pid", "cmdline", "name"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if "raylet" in (proc.info["name"] or "") and session in cmd:
+            for child in proc.children(recursive=True):
+                try:
+                    title = " ".join(child.cmdline())
+                except psutil.Error:
+                    continue
+                if title.startswith(("ray::Serve", "ray::ProxyActor")):
+                    out[child.pid] = title.split(" ")[0]
+    return out
 
 
 def rss_mib(pids) -> float:
