@@ -6,7 +6,7 @@ Writes benchmarks/results/tune.json, tune_{params,simplex,curves}.png and jobs/t
 The study is ``tune/ml100k-task-weights.yaml`` run through the same code as ``lmrec tune`` (Optuna TPE, ASHA,
 trials that build the job's own TorchTrainer). It optimises a validation objective (2 x val NDCG@10 - val RMSE
 on the job's seeded 5% slice of u1.base); u1.test is touched only afterwards, to compare the exported best trial's
-artifact with the job spec as it is (trained here in-process, one worker like every trial, same seed), both scored
+artifact with the job spec as it is (16 epochs; trained like the trials: Ray Train, one worker, same seed), both scored
 by the same code: RMSE on u1.test and NDCG@10 over the full catalogue with training and validation items excluded
 (as benchmarks/encoder.py scores the job). ASHA's saving: trial-epochs run / trial-epochs a FIFO search would run.
 """
@@ -14,7 +14,6 @@ by the same code: RMSE on u1.test and NDCG@10 over the full catalogue with train
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -40,17 +39,19 @@ def test_metrics(rec, data) -> dict:
     return {k: round(float(out[k]), 6) for k in ("rmse", "mae", "ndcg@10", "recall@10")}
 
 
-def default_job(num_workers: int) -> dict:
-    """The job spec as committed, trained in-process (the same recipe and seed a one-worker trial runs)."""
-    from lmrec.training.local import train_local
+def default_job(tuned_spec: TrainSpec, storage: str) -> dict:
+    """The job spec as committed, trained like the trials: Ray Train, one worker of the same size, same seed."""
+    from lmrec.models.artifact import load_artifact
+    from lmrec.training.ray_train import train
 
-    spec = load_spec(TrainSpec, JOB, {"scaling.num_workers": num_workers})
-    data = prepare_data(spec)
-    started = time.perf_counter()
-    res = train_local(spec, data, device="cpu")
-    return {"test": test_metrics(res.recommender(), data), "best_epoch": res.best.get("epoch"),
-            "val": {k: round(float(v), 6) for k, v in res.best.items() if k.startswith("val_")},
-            "fit_seconds": round(time.perf_counter() - started, 1)}
+    spec = load_spec(TrainSpec, JOB, {"scaling.num_workers": tuned_spec.scaling.num_workers,
+                                      "scaling.cpus_per_worker": tuned_spec.scaling.cpus_per_worker,
+                                      "scaling.storage_path": storage})
+    res = train(spec, spec_path=JOB, resume=False)
+    return {"test": test_metrics(load_artifact(res.artifact_path).recommender, prepare_data(spec)),
+            "epochs": len(res.history), "best_epoch": int(res.best_metrics.get("epoch", -1)) + 1,
+            "val": {k: round(float(v), 6) for k, v in res.best_metrics.items() if k in ("val_rmse", "val_ndcg@10")},
+            "seconds": round(res.seconds, 1)}
 
 
 def main() -> None:
@@ -64,12 +65,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--storage", default="/tmp/lmrec-tune-bench", help="study folder root")
     p.add_argument("--resume", action="store_true", help="restore an interrupted (or finished) study")
-    p.add_argument("--default-out", help="only train and score the job spec as it is; write that JSON here")
-    p.add_argument("--default-from", help="reuse a --default-out JSON (e.g. computed while the search ran)")
     args = p.parse_args()
-    if args.default_out:
-        Path(args.default_out).write_text(json.dumps(default_job(1), indent=2))
-        return
     load_start = os.getloadavg()[0]
     spec, base = load_tune_spec(TUNE_SPEC, {"storage_path": args.storage, "export_dir": str(ROOT / "jobs" / "tuned")})
     study = locate(spec, TUNE_SPEC, base, args.resume)
@@ -87,6 +83,8 @@ def main() -> None:
     grid = run_study(study, resume=args.resume)
     search_s = time.perf_counter() - started
     report = write_report(study, grid, Path(spec.export_dir))
+    tuned_spec = load_spec(TrainSpec, report.spec_path)
+    default = default_job(tuned_spec, f"{study.path}/default-job")
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
     for name in ("params", "simplex_task_weights", "curves"):
@@ -95,13 +93,10 @@ def main() -> None:
             shutil.copy(src, RESULTS / f"tune_{name.replace('_task_weights', '')}.png")
 
     best = report.best or {}
-    tuned_spec = load_spec(TrainSpec, report.spec_path)
     tuned = {"test": test_metrics(load_artifact(report.artifact).recommender, prepare_data(tuned_spec)),
              "val": {k: best.get(k) for k in (spec.metric, "val_rmse", "val_ndcg@10")},
              "params": {k: best[k] for k in best if k.startswith(("tasks.", "optim."))},
              "trial_id": best.get("trial_id"), "best_epoch": best.get("best_epoch")}
-    default = (json.loads(Path(args.default_from).read_text()) if args.default_from
-               else default_job(tuned_spec.scaling.num_workers))
     possible = len(report.table) * study.max_epochs
     table = report.table.drop(columns=["artifact"]).round(6)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,

@@ -45,6 +45,8 @@ def _status(result, last: dict, max_epochs: int) -> str:
     if result.error is not None:
         return "error"
     epochs = int(last.get(EPOCHS_DONE, 0))
+    if epochs == 0:
+        return "no_report"  # interrupted before its first epoch ended
     if epochs >= max_epochs:
         return "completed"
     patience_hit = last.get("epochs_without_improvement", 0) >= last.get("_patience", math.inf)
