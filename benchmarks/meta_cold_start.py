@@ -62,6 +62,19 @@ def popularity_row(warm, cold: ColdUsers, n_users: int, n_items: int) -> dict:
             **{f"ndcg@10_k{k}": ndcg for k in SHOTS}, **{f"rmse_k{k}": rmse for k in SHOTS}}
 
 
+def label_propagation_row(warm, cold: ColdUsers, n_users: int, n_items: int) -> dict:
+    """Label propagation's cold-user scores: the new user joins the warm users' kNN graph through their k ratings."""
+    from lmrec.strategies.label_propagation import LabelPropagation
+
+    lp = LabelPropagation(k=30, alpha=0.8).fit(warm, n_users, n_items)
+    row = {"strategy": "label_propagation (cold users)", "protocol": "cold_users"}
+    for k in SHOTS:
+        scores = np.stack([lp.cold_user_scores(cold.support[int(u)][0][:k], cold.support[int(u)][1][:k])
+                           for u in cold.users])
+        row[f"ndcg@10_k{k}"] = float(cold.ranking(scores)["ndcg@10"])
+    return row
+
+
 def latency(model: ColdStartModel, cold: ColdUsers, steps_list: list[int], chosen: dict, click_weight: float) -> dict:
     """Adapt-and-score milliseconds for one new user with k = 10 ratings, one torch thread (a serving request)."""
     threads = torch.get_num_threads()
@@ -81,7 +94,8 @@ def latency(model: ColdStartModel, cold: ColdUsers, steps_list: list[int], chose
 
 
 def cold_user_rows(item_text: torch.Tensor, notes: dict) -> list[dict]:
-    """Popularity, the same model without meta-learning, the meta-learned model: k-shot rows for cold users.
+    """Popularity, label propagation, the same model without meta-learning, the meta-learned model: k-shot rows
+    for cold users.
 
     Also writes benchmarks/results/meta_cold_start.json (rows + meta-validation grids + settings)."""
     load_at_start = round(os.getloadavg()[0], 2)
@@ -92,8 +106,9 @@ def cold_user_rows(item_text: torch.Tensor, notes: dict) -> list[dict]:
     cold = ColdUsers.from_frames(split.support, split.test, ds.n_items)
     seen = torch.zeros(ds.n_items, dtype=torch.bool)
     seen[torch.as_tensor(meta_train["item_idx"].to_numpy(copy=True))] = True
-    rows = [popularity_row(meta_train, cold, ds.n_users, ds.n_items)]
-    log.info("%s", rows[-1])
+    rows = [popularity_row(meta_train, cold, ds.n_users, ds.n_items),
+            label_propagation_row(meta_train, cold, ds.n_users, ds.n_items)]
+    log.info("%s", rows)
     selections = {}
     for name, trainer, settings in (("no meta-learning (same model)", train_standard, STANDARD),
                                     ("meta_learning (fomaml)", train_meta, META)):

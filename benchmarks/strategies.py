@@ -38,7 +38,6 @@ from common import RESULTS, write_results  # noqa: E402
 from lmrec.config.base import load_spec  # noqa: E402
 from lmrec.config.train import TrainSpec  # noqa: E402
 from lmrec.data.registry import load_dataset  # noqa: E402
-from lmrec.data.splits import cold_start_users  # noqa: E402
 from lmrec.evaluation.evaluate import evaluate_ranking, evaluate_ratings  # noqa: E402
 from lmrec.strategies.scopes import count_parameters  # noqa: E402
 from lmrec.training.data import build_prepared, prepare_data  # noqa: E402
@@ -335,59 +334,11 @@ PROTOCOLS = {
 
 
 def cold_user_rows(item_text: torch.Tensor, notes: dict) -> list[dict]:
-    """k-shot cold-user NDCG@10 / RMSE: FOMAML init + adaptation vs conventional training + the same adaptation,
-    and label propagation's neighbour scores; adaptation latency for k = 10."""
-    from lmrec.strategies.label_propagation import LabelPropagation
-    from lmrec.strategies.meta_learning import ColdStartModel
-    from lmrec.strategies.meta_loop import (
-        MetaSettings, adaptation_latency_ms, evaluate_cold_users, support_by_user, train_meta, train_standard,
-    )
-    from lmrec.evaluation.metrics import ranking_metrics
+    """k-shot cold-user rows (popularity, label propagation, the same model with and without meta-learning):
+    benchmarks/meta_cold_start.py, which also writes them with its meta-validation to meta_cold_start.json."""
+    from meta_cold_start import cold_user_rows as meta_cold_start_rows
 
-    ds = load_dataset("ml-100k")
-    split = cold_start_users(ds.interactions, user_frac=0.2, k_support=10, seed=0)
-    warm = split.train_without_support()
-    seen = torch.zeros(ds.n_items, dtype=torch.bool)
-    seen[torch.as_tensor(warm["item_idx"].to_numpy(copy=True))] = True
-    settings = MetaSettings(epochs=10)
-    out = []
-    for name, trainer in (("meta_learning (fomaml)", train_meta), ("no meta-learning (same model)", train_standard)):
-        model = ColdStartModel(item_text, 64, float(warm["rating"].mean()), seen_items=seen)
-        t0 = time.perf_counter()
-        trainer(model, warm, settings)
-        fit_s = time.perf_counter() - t0
-        m = evaluate_cold_users(model, split.support, split.test, ds.n_items, (1, 3, 5, 10), settings.inner_steps,
-                                settings.inner_lr, settings.click_weight, settings.l2)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        sup = support_by_user(split.support)
-        first = sorted(sup)[0]
-        lat = adaptation_latency_ms(model, sup[first][0][:10], sup[first][1][:10], settings.inner_steps,
-                                    settings.inner_lr, settings.click_weight, settings.l2)
-        torch.set_num_threads(threads)
-        out.append({"strategy": name, "protocol": "cold_users", **m, "train_s": fit_s,
-                    "trainable_params": count_parameters(model).trainable,
-                    "adapt_ms_k10_median": lat["median_ms"], "adapt_ms_k10_p95": lat["p95_ms"]})
-        log.info("%s", out[-1])
-    # label propagation: the cold user is linked to warm users by their k ratings
-    lp = LabelPropagation(k=30, alpha=0.8).fit(warm, ds.n_users, ds.n_items)
-    sup = support_by_user(split.support)
-    users = np.array(sorted(set(sup) & set(split.test["user_idx"].unique())))
-    rel = np.zeros((len(users), ds.n_items), dtype=bool)
-    exc = np.zeros_like(rel)
-    pos = {u: r for r, u in enumerate(users)}
-    t = split.test[split.test["user_idx"].isin(users)]
-    rel[t["user_idx"].map(pos).to_numpy(), t["item_idx"].to_numpy()] = True
-    for u in users:
-        exc[pos[u], sup[u][0]] = True
-    row = {"strategy": "label_propagation (cold users)", "protocol": "cold_users"}
-    for k in (1, 3, 5, 10):
-        scores = np.stack([lp.cold_user_scores(sup[u][0][:k], sup[u][1][:k]) for u in users])
-        row[f"ndcg@10_k{k}"] = ranking_metrics(scores, rel, exc, ks=(10,))["ndcg@10"]
-    out.append(row)
-    log.info("%s", row)
-    notes["cold_users"] = {"users": int(len(users)), "k_support": 10}
-    return out
+    return meta_cold_start_rows(item_text, notes)
 
 
 def plot(rows: list[dict]) -> None:
