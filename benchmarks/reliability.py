@@ -89,11 +89,24 @@ def start_ray(tries: int = 3, **kwargs) -> None:
                 return
             except Exception:  # noqa: BLE001 - Ray raises a bare Exception for these time-outs
                 ray.shutdown()
+                _kill_children_of_failed_start()
                 if attempt == tries - 1:
                     raise
                 time.sleep(5)
     finally:
         parameter.RayParams.__init__, services.get_node = plain_init, get_node
+
+
+def _kill_children_of_failed_start() -> None:
+    """A failed ``ray.init`` leaves the GCS, dashboard and agents it started running: end them (ours only)."""
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if any("ray" in part for part in child.cmdline()[:3]):
+                child.kill()
+        except psutil.Error:
+            pass
 
 
 # ---------------------------------------------------------------- training faults
@@ -190,6 +203,9 @@ def training_campaign(trials: int, seed: int) -> dict:
         clean_rmse = clean[0]["final_val_rmse"]
         rng = random.Random(seed)
         runs = []
+        head = {"spec": str(SPEC.relative_to(REPO)), "epochs": epochs, "workers": 2, "batches_per_worker": n_batches,
+                "seed": seed, "tolerance_rmse": TOLERANCE_RMSE, "clean_runs": clean,
+                "clean_rmse_spread": round(abs(clean[0]["final_val_rmse"] - clean[1]["final_val_rmse"]), 5)}
         for i in range(trials):
             fault = fault_plan(rng, epochs, n_batches)
             trial = training_run(storage, f"trial-{i:02d}", fault)
@@ -199,13 +215,15 @@ def training_campaign(trials: int, seed: int) -> dict:
             print("trial", i, json.dumps({k: trial[k] for k in ("fault", "killed", "resumed_at", "delta_rmse",
                                                                 "seconds")}), trial["checks"]["survived"],
                   flush=True)
+            merge_results({"training": _campaign(head, runs, None) | {"complete": False}})  # progress so far
         torn = torn_latest_checkpoint(storage)
     finally:
         ray.shutdown()
-    return {
-        "spec": str(SPEC.relative_to(REPO)), "epochs": epochs, "workers": 2, "batches_per_worker": n_batches,
-        "seed": seed, "tolerance_rmse": TOLERANCE_RMSE, "clean_runs": clean,
-        "clean_rmse_spread": round(abs(clean[0]["final_val_rmse"] - clean[1]["final_val_rmse"]), 5),
+    return _campaign(head, runs, torn) | {"complete": True}
+
+
+def _campaign(head: dict, runs: list[dict], torn: dict | None) -> dict:
+    return head | {
         "trials": runs, "n_trials": len(runs),
         "faults_fired": sum(t["checks"]["fault_fired"] for t in runs),
         "faults_survived": sum(t["checks"]["survived"] for t in runs),
@@ -516,7 +534,7 @@ def serving_parts(parts: set[str], args) -> dict:
     from lmrec.serving.cli import deploy_config, load_serve_config
     from serve_load import build_artifacts, request_bodies
 
-    arts = build_artifacts("minilm")
+    arts = build_artifacts(args.encoder)
     ids = json.loads((arts["mf"] / "id_maps.json").read_text())
     users, items = ids["user_ids"], ids["item_ids"]
     app_args = {"two_tower_artifact": str(arts["two_tower"]), "mf_artifact": str(arts["mf"])}
@@ -529,8 +547,9 @@ def serving_parts(parts: set[str], args) -> dict:
     try:
         raw = serve_config(port, app_args, replicas=2, health_check_period_s=args.health_check_period_s)
         start = time.perf_counter()
-        deploy_config(load_serve_config(raw))
+        deploy_config(load_serve_config(raw), timeout_s=1200)
         out["serve_start_s"] = round(time.perf_counter() - start, 1)
+        out["encoder"] = args.encoder
         out["health_check_period_s"] = args.health_check_period_s
         bodies = request_bodies("/recommend", users, items, random.Random(0))
         asyncio.run(open_loop_with_events(url + "/recommend", bodies, 5, 3, RetryPolicy()))  # warm-up
@@ -586,6 +605,8 @@ def main() -> int:
                    help="override Serve's replica health-check period (default: the config's, Serve's 10 s)")
     p.add_argument("--fuzz-examples", type=int, default=200, help="generated requests per operation and mode")
     p.add_argument("--soak-seconds", type=float, default=600.0)
+    p.add_argument("--encoder", choices=["minilm", "tiny"], default="minilm",
+                   help="artifacts of serve_load.py (/recommend reads precomputed tables either way)")
     args = p.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     parts = set(args.only.split(","))
@@ -596,7 +617,7 @@ def main() -> int:
     if parts & {"serving", "fuzz", "soak"}:
         served = serving_parts(parts, args)
         load = {"loadavg_start": load_start, "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
-        updates = {"serve_setup": {k: served[k] for k in ("serve_start_s", "health_check_period_s")} | load}
+        updates = {"serve_setup": {k: served[k] for k in ("serve_start_s", "health_check_period_s", "encoder")} | load}
         if "replica_kills" in served:
             updates["replica_kills"] = served["replica_kills"]
         for key in ("fuzz", "soak"):
@@ -624,7 +645,7 @@ def summary(result: dict) -> dict:
         out["training"] = {"trials": t["n_trials"], "faults_fired": t["faults_fired"],
                            "faults_survived": t["faults_survived"], "max_abs_delta_rmse": t["max_abs_delta_rmse"],
                            "tolerance_rmse": t["tolerance_rmse"],
-                           "torn_checkpoint_skipped": t["torn_latest_checkpoint"]["skipped_torn"]}
+                           "torn_checkpoint_skipped": (t["torn_latest_checkpoint"] or {}).get("skipped_torn")}
     kills = result.get("replica_kills")
     if kills:
         out["replica_kills"] = [{k: x[k] for k in ("deployment", "requests", "failed_requests", "failed_fraction",
