@@ -103,6 +103,8 @@ def _save_sealed(recipe: TwoTowerRecipe, directory: str, history: list[dict], fa
     if rank == 0:
         (Path(directory) / HISTORY_FILE).write_text(json.dumps(history), encoding="utf-8")
     if _armed(fault, "checkpoint", epoch, rank) and fault["delay_s"] == 0:
+        # as in _with_fault: the previous epoch's checkpoint is committed first, so the resume point is certain
+        ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
         _die(fault, rank, epoch, "after writing its checkpoint files, before sealing them")
     # DDP: rank 0 holds the whole state; DeepSpeed: every rank holds its ZeRO shard
     writers = list(range(world_size)) if recipe.engine_name == "deepspeed" else [0]
