@@ -100,8 +100,11 @@ class RayNode:
             except psutil.NoSuchProcess:
                 pass
         self.proc.kill()
-        self.proc.wait(timeout=10)
-        psutil.wait_procs(list(procs.values()), timeout=10)
+        psutil.wait_procs(list(procs.values()), timeout=60)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # a machine this busy reaps slowly; stop() checks for leftovers again
+            pass
 
     def leftovers(self) -> list:
         """This node's processes still running: every Ray process names the node's own temp dir in its
