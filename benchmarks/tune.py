@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -31,6 +32,12 @@ from lmrec.training.data import prepare_data
 ROOT = Path(__file__).resolve().parents[1]
 TUNE_SPEC = ROOT / "tune" / "ml100k-task-weights.yaml"
 JOB = ROOT / "jobs" / "ml100k-minilm-multitask.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_metrics(rec, data) -> dict:
@@ -60,7 +67,7 @@ def main() -> None:
     from lmrec.models.artifact import load_artifact
     from lmrec.tuning.report import write_report
     from lmrec.tuning.spec import load_tune_spec
-    from lmrec.tuning.study import locate, run_study
+    from lmrec.tuning.study import finished, locate, run_study
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--storage", default="/tmp/lmrec-tune-bench", help="study folder root")
@@ -73,7 +80,10 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # private loopback instance
     for attempt in range(20):  # private instance (never another's cluster); a loaded machine can miss Ray's 30 s
         try:                  # raylet registration window, so retry
-            ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir)
+            # the dashboard serves the State API that Ray Train's PlacementGroupCleaner needs to release the
+            # worker group of a trial ASHA stopped; without it those CPUs stay reserved and later trials starve
+            ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(),
+                     _temp_dir=temp_dir)
             break
         except Exception:
             ray.shutdown()
@@ -81,6 +91,8 @@ def main() -> None:
                 raise
     started = time.perf_counter()
     grid = run_study(study, resume=args.resume)
+    if not finished(study, grid):
+        raise SystemExit(f"study {study.path} interrupted: rerun with --resume")
     search_s = time.perf_counter() - started
     report = write_report(study, grid, Path(spec.export_dir))
     tuned_spec = load_spec(TrainSpec, report.spec_path)

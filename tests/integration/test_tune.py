@@ -1,5 +1,5 @@
 """``lmrec tune`` end to end on CPU: a real Ray Tune study (5 trials of the tiny two-tower, 2 at once, ASHA from
-epoch 1, Optuna), interrupted with SIGINT after two trials have finished, restored with ``--resume`` to the end,
+epoch 1, Optuna), interrupted with SIGINT once a trial has finished and a third has started, restored with ``--resume`` to the end,
 then the exported best job spec is trained by ``lmrec train``.
 
 Each command runs as the user would run it (a subprocess with its own local Ray: ``RAY_ADDRESS=local``), so the
@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -46,7 +47,9 @@ def env():
         mp.delenv("RAY_ADDRESS", raising=False)
         for attempt in range(3):  # a loaded shared machine can miss Ray's fixed 30 s raylet registration window
             try:
-                info = ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir)
+                # the dashboard's State API lets Ray Train release the workers of a trial ASHA stopped
+                info = ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+                                dashboard_port=_free_port(), _temp_dir=temp_dir)
                 break
             except Exception:
                 ray.shutdown()
@@ -58,8 +61,14 @@ def env():
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _finished_trials(study: Path) -> list[Path]:
-    return sorted(p.parent for p in study.glob("runs/*/artifact/manifest.json"))
+    return sorted(p.parent.parent for p in study.glob("runs/*/artifact/manifest.json"))  # trial run folders
 
 
 def _run(args, env, cwd, timeout) -> subprocess.CompletedProcess:
@@ -77,21 +86,23 @@ def test_search_interrupt_resume_export_and_train(tmp_path, env):
     args = [str(TUNE_SPEC), "--set", f"storage_path={storage}", "--set", f"export_dir={export_dir}"]
     study = storage / "tiny-tune"
 
-    # 1. start the study and interrupt it (SIGINT, as Ctrl-C) once two trials have finished
+    # 1. start the study and interrupt it (SIGINT, as Ctrl-C) mid-way: one trial finished, a later one started
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(LMREC + ["tune", *args], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 240
-    while len(_finished_trials(study)) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(1)
-    assert proc.poll() is None, (tmp_path / "first.log").read_text()[-5000:]
-    assert len(_finished_trials(study)) >= 2, "no two trials finished in time"
-    proc.send_signal(signal.SIGINT)
     try:
+        deadline = time.monotonic() + 420
+        while not (_finished_trials(study) and len(list(study.glob("run_trial_*"))) >= 3):
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-5000:]
+            assert time.monotonic() < deadline, "the study made no progress in time"
+            time.sleep(1)
+        proc.send_signal(signal.SIGINT)
         proc.wait(timeout=90)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    assert proc.returncode == 130, (tmp_path / "first.log").read_text()[-5000:]  # "interrupted; --resume"
     done_before = {p.name: (p / "artifact" / "manifest.json").stat().st_mtime for p in _finished_trials(study)}
     assert len(done_before) < 5
     assert not (study / "results.csv").exists()  # the interrupted driver wrote no report

@@ -147,6 +147,7 @@ def _display(path: Path) -> str:
 def plot(study, report: StudyReport, out_dir: Path) -> list[Path]:
     """metric vs each parameter, the task-weight simplex heat-map (3-key groups), learning curves."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -163,6 +164,8 @@ def plot(study, report: StudyReport, out_dir: Path) -> list[Path]:
         dist = spec.params.get(key)
         if dist is not None and dist.type == "loguniform":
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # overlapping labels on short ranges
+        ax.tick_params(axis="x", labelrotation=30)
         ax.set_xlabel(key)
         ax.set_ylabel(metric)
     axes[0][0].legend(fontsize=7)

@@ -176,6 +176,11 @@ def run_study(study: Study, resume: bool = False):
     return tuner.fit()
 
 
+def finished(study: Study, grid) -> bool:
+    """Whether every trial ended; after Ctrl-C ``Tuner.fit`` returns the partial grid instead of raising."""
+    return grid.num_terminated + grid.num_errors >= study.spec.num_samples
+
+
 def main_tune(spec_path: str, overrides: dict | None = None, resume: bool = False) -> int:
     """``lmrec tune SPEC``: 0 when the study finished and a best spec was exported, 2 for an invalid spec, 1 else."""
     from lmrec.tuning.report import write_report
@@ -189,6 +194,10 @@ def main_tune(spec_path: str, overrides: dict | None = None, resume: bool = Fals
         return 2
     started = time.perf_counter()
     grid = run_study(study, resume=resume)
+    if not finished(study, grid):
+        print(f"lmrec tune: study {study.path} interrupted after {grid.num_terminated} of {spec.num_samples} "
+              f"trials; continue it with: lmrec tune {spec_path} --resume", file=sys.stderr)
+        return 130
     report = write_report(study, grid, Path(spec.export_dir))
     summary = {"study": study.path, "trials": len(report.table), "seconds": round(time.perf_counter() - started, 1),
                "trial_epochs_used": report.epochs_used, "trial_epochs_possible": len(report.table) * study.max_epochs,
