@@ -1,7 +1,8 @@
 """Reliability and security figures: worker kills in training, replica kills under load, fuzzing, a soak.
 
 Run: `.venv/bin/python benchmarks/reliability.py` (LMREC_DATA_DIR pointing at the datasets; ~45 min on 2 cores),
-or one part at a time with `--only training|serving|fuzz|soak` (each part updates its own key of the results).
+or one part at a time with `--only training|fuzz-bare|serving|fuzz|soak` (each part updates its own key of the
+results; parts may run concurrently).
 Writes benchmarks/results/reliability.json. ``tests/reliability/`` runs a fast subset of the same functions.
 
 - training: a clean 2-worker Ray Train run of tests/configs/tiny_two_tower.yaml, then ``--trials`` seeded runs in
@@ -14,6 +15,7 @@ Writes benchmarks/results/reliability.json. ``tests/reliability/`` runs a fast s
   its replica count with no failures.
 - fuzz: schemathesis generates requests for every operation of the service's OpenAPI schema (valid and invalid
   bodies) against the real Serve endpoint: no 5xx, no replica restarted.
+- fuzz-bare: the same fuzzing in-process against ``build_bare_app`` (no Ray).
 - soak: /recommend at 70% of the highest sustained Serve rate in benchmarks/results/serve.json for
   ``--soak-seconds``; RSS of every Serve process and latency sampled every 10 s.
 """
@@ -586,6 +588,24 @@ def serving_parts(parts: set[str], args) -> dict:
     return out
 
 
+def fuzz_bare_app(args) -> dict:
+    """The same fuzzing in-process against ``build_bare_app`` (same routes and members, no Ray)."""
+    import schemathesis
+    from fastapi.testclient import TestClient
+
+    from lmrec.serving.app import build_bare_app
+    from serve_load import build_artifacts
+
+    arts = build_artifacts(args.encoder)
+    app = build_bare_app({"two_tower_artifact": str(arts["two_tower"]), "mf_artifact": str(arts["mf"])})
+    start = time.perf_counter()
+    result = fuzz_schema(schemathesis.openapi.from_asgi("/openapi.json", app), args.fuzz_examples)
+    with TestClient(app) as client:
+        health = client.get("/health").status_code
+    return result | {"target": f"build_bare_app in-process ({args.encoder} artifacts)", "health_after": health,
+                     "seconds": round(time.perf_counter() - start, 1)}
+
+
 def _health(url: str) -> int:
     import urllib.request
 
@@ -595,7 +615,7 @@ def _health(url: str) -> int:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default="training,serving,fuzz,soak", help="comma-separated parts to run")
+    p.add_argument("--only", default="training,fuzz-bare,serving,fuzz,soak", help="comma-separated parts to run")
     p.add_argument("--trials", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kill-rps", type=float, default=20.0, help="offered /recommend load during replica kills")
@@ -613,6 +633,9 @@ def main() -> int:
     load_start = [round(x, 2) for x in os.getloadavg()]
     if "training" in parts:
         merge_results({"training": training_campaign(args.trials, args.seed) | {
+            "loadavg_start": load_start, "loadavg_end": [round(x, 2) for x in os.getloadavg()]}})
+    if "fuzz-bare" in parts:
+        merge_results({"fuzz_bare_app": fuzz_bare_app(args) | {
             "loadavg_start": load_start, "loadavg_end": [round(x, 2) for x in os.getloadavg()]}})
     if parts & {"serving", "fuzz", "soak"}:
         served = serving_parts(parts, args)
@@ -657,6 +680,9 @@ def summary(result: dict) -> dict:
     if f:
         out["fuzz"] = {"requests": f["requests"], "server_errors_5xx": f["server_errors"],
                        "crashed_replicas": f["crashed_replicas"]}
+    f = result.get("fuzz_bare_app")
+    if f:
+        out["fuzz_bare_app"] = {"requests": f["requests"], "server_errors_5xx": f["server_errors"]}
     s = result.get("soak")
     if s:
         out["soak"] = {k: s[k] for k in ("seconds", "offered_rps", "requests", "errors", "rss_drift_mib",
