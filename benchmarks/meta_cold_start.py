@@ -44,8 +44,8 @@ SHOTS = (1, 3, 5, 10)
 META = MetaSettings(algorithm="fomaml", inner_steps=3, inner_lr=0.5, click_weight=3.0, l2=1.0, max_support=10,
                     query_size=64, tasks_per_batch=32, epochs=30, lr=3e-3, seed=0)
 # ordinary training predicts each target from a leave-one-out aggregate of the whole history: [users, targets,
-# items] logits make a step ~4x dearer than a meta step, so it gets fewer targets per step and half the epochs
-# (its validation NDCG has levelled off by then)
+# items] logits make a step several times dearer than a meta step, so it gets fewer targets per step and half the
+# epochs (about the meta run's training time; train_s in the rows)
 STANDARD = dataclasses.replace(META, query_size=16, epochs=15)
 
 
