@@ -7,6 +7,11 @@ The study lives in ``<storage_path>/<name>`` (Tune's experiment folder: per-tria
 ``result.json`` and TensorBoard event files; the trials' trainer runs under ``runs/``). ``--resume`` restores an
 interrupted study with ``Tuner.restore``: finished trials are kept, unfinished and errored ones continue from
 their latest epoch checkpoint, and the searcher (its state is saved with the experiment) proposes the rest.
+ASHA's rung records are not part of Tune's experiment state: after a restore its rungs fill up again from the
+trials that report in the resumed run. Ctrl-C stops a study gracefully (exit code 130, no report).
+
+The cluster needs its dashboard (Ray's default): Ray Train releases the workers of a trial that ASHA stopped
+through the State API it serves; without it those CPUs stay reserved and later trials wait for ever.
 """
 
 from __future__ import annotations
