@@ -102,9 +102,11 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # private loopback instance
     for attempt in range(20):  # private instance (never another's cluster); a loaded machine can miss Ray's 30 s
         try:                  # raylet registration window, so retry
-            # the dashboard serves the State API that Ray Train's PlacementGroupCleaner needs to release the
-            # worker group of a trial ASHA stopped; without it those CPUs stay reserved and later trials starve
-            ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(),
+            # Logical CPUs with headroom (2 trials still run at once): Ray Train releases the worker reservation of
+            # a trial ASHA stopped via the State API, whose address lookup fails when several Ray instances run
+            # on one machine ("Found multiple active Ray instances"); the stale reservations must not starve
+            # later trials.
+            ray.init(num_cpus=16, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(),
                      _temp_dir=temp_dir)
             break
         except Exception:

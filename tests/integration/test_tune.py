@@ -35,7 +35,7 @@ LMREC = [sys.executable, "-m", "lmrec.cli"]
 
 @pytest.fixture(scope="module")
 def env():
-    """Environment of the ``lmrec`` commands: they join a private 2-CPU Ray instance started here for the module."""
+    """Environment of the ``lmrec`` commands: they join a private Ray instance started here for the module."""
     ray = pytest.importorskip("ray")
     pytest.importorskip("optuna")
     data_dir = Path(os.environ.get("LMREC_DATA_DIR", REPO.parent / "shared" / "data"))
@@ -47,8 +47,10 @@ def env():
         mp.delenv("RAY_ADDRESS", raising=False)
         for attempt in range(3):  # a loaded shared machine can miss Ray's fixed 30 s raylet registration window
             try:
-                # the dashboard's State API lets Ray Train release the workers of a trial ASHA stopped
-                info = ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+                # Logical CPUs with headroom (max_concurrent still runs 2 trials at once): Ray Train releases the
+                # worker reservation of a trial ASHA stopped through the dashboard's State API, whose address
+                # lookup fails while other Ray instances run on the machine; stale reservations must not starve.
+                info = ray.init(num_cpus=6, include_dashboard=True, dashboard_host="127.0.0.1",
                                 dashboard_port=_free_port(), _temp_dir=temp_dir)
                 break
             except Exception:

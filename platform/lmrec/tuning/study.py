@@ -10,8 +10,10 @@ their latest epoch checkpoint, and the searcher (its state is saved with the exp
 ASHA's rung records are not part of Tune's experiment state: after a restore its rungs fill up again from the
 trials that report in the resumed run. Ctrl-C stops a study gracefully (exit code 130, no report).
 
-The cluster needs its dashboard (Ray's default): Ray Train releases the workers of a trial that ASHA stopped
-through the State API it serves; without it those CPUs stay reserved and later trials wait for ever.
+The cluster needs its dashboard (Ray's default): Ray Train releases the worker reservation of a trial that ASHA
+stopped through the State API it serves. Its actors find that API by address (``RAY_ADDRESS``, else the one Ray
+instance on the machine); where several local instances run side by side the lookup fails and the reservation
+stays, so such setups (the tests, the benchmark) give the cluster spare logical CPUs.
 """
 
 from __future__ import annotations
