@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -124,6 +125,8 @@ def main() -> None:
     path = args.out
     result = json.loads(path.read_text()) if path.exists() else {"records": []}
     result["machine"] = machine()
+    result["machine"]["commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                                 capture_output=True, text=True).stdout.strip()
     for name in args.only.split(","):
         recs = run(name, args.epochs)
         keys = {(r["dataset"], r["split"], r["model"]) for r in recs}
