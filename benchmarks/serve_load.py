@@ -14,7 +14,9 @@ split. Scenarios, each bounded in time and request count:
   sustained rate and its p99;
 - autoscaling: Serve only, a load step from 1 to 16 clients and back to 1; replica counts sampled every second
   (run first), with a short ``downscale_delay_s`` so the scale-down shows within the run.
-The machine is shared: ``os.getloadavg()`` is recorded at start and end; compare bare and Serve within one run.
+Serve runs in its high-throughput mode by default (``--serve-mode``: HAProxy in front of the ingress replicas;
+``lmrec.serving.cli.high_throughput_env``). The machine is shared: ``os.getloadavg()`` is recorded at start and
+end; compare bare and Serve within one run.
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ from common import RESULTS, write_results  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "runs" / "serve-bench"
 OPEN_LOOP_FRACTION = 0.2  # open-loop offered load, as a fraction of the bare app's closed-loop throughput
+
+
+def wait_for_quiet(threshold: float, max_s: float) -> float:
+    """Seconds spent waiting for the shared machine's 1-min load average to drop below ``threshold``."""
+    start = time.monotonic()
+    while os.getloadavg()[0] >= threshold and time.monotonic() - start < max_s:
+        time.sleep(10)
+    return round(time.monotonic() - start, 1)
 
 
 def build_artifacts(encoder: str) -> dict:
@@ -264,14 +274,19 @@ def main() -> int:
                         "of the ingress replicas' own HTTP servers, gRPC between deployments; "
                         "lmrec.serving.cli.high_throughput_env); default: Serve's Python proxy actor")
     p.add_argument("--sweep-seconds", type=float, default=8.0, help="length of each rate-sweep step")
+    p.add_argument("--quiet-load", type=float, default=3.0,
+                   help="wait (up to --quiet-wait-s) until the 1-min load average is below this before measuring")
+    p.add_argument("--quiet-wait-s", type=float, default=900.0)
     args = p.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster for the run
+    waited = wait_for_quiet(args.quiet_load, args.quiet_wait_s)
     arts = build_artifacts(args.encoder)
     ids = json.loads((arts["mf"] / "id_maps.json").read_text())
     users, items = ids["user_ids"], ids["item_ids"]
     app_args = {"two_tower_artifact": str(arts["two_tower"]), "mf_artifact": str(arts["mf"])}
     result = {"encoder": args.encoder, "train_s": arts["train_s"], "scenario_seconds": args.seconds,
-              "closed_loop_clients": 8, "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
+              "closed_loop_clients": 8, "waited_for_load_below": {"load": args.quiet_load, "seconds": waited},
+              "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
 
     # 1. bare: one uvicorn process, same routes and members, no Ray
     port = 8311
