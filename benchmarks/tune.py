@@ -62,6 +62,18 @@ def default_job(tuned_spec: TrainSpec, storage: str) -> dict:
             "seconds": round(res.seconds, 1), "trained": "Ray Train, 1 worker (as the trials)"}
 
 
+def study_span(report) -> dict:
+    """Wall time from the first trial's start to the last report (across interruptions) and summed trial time."""
+    starts, ends, trial_s = [], [], 0.0
+    for frame in report.curves.values():
+        if len(frame) and "timestamp" in frame:
+            starts.append(float(frame["timestamp"].iloc[0] - frame["time_this_iter_s"].iloc[0]))
+            ends.append(float(frame["timestamp"].iloc[-1]))
+            trial_s += float(frame["time_total_s"].iloc[-1])
+    return {"wall_seconds_first_start_to_last_report": round(max(ends) - min(starts), 1) if starts else None,
+            "trial_seconds_total": round(trial_s, 1)}
+
+
 def default_local() -> dict:
     """Fallback when the cluster is busy: the job spec as committed, trained in-process on one thread."""
     import torch
@@ -84,11 +96,12 @@ def main() -> None:
     from lmrec.models.artifact import load_artifact
     from lmrec.tuning.report import write_report
     from lmrec.tuning.spec import load_tune_spec
-    from lmrec.tuning.study import finished, locate, run_study
+    from lmrec.tuning.study import _trainable, finished, locate, run_study
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--storage", default="/tmp/lmrec-tune-bench", help="study folder root")
     p.add_argument("--resume", action="store_true", help="restore an interrupted (or finished) study")
+    p.add_argument("--report-only", action="store_true", help="report the study as it stands (implies --resume)")
     p.add_argument("--default-out", help="only train and score the job spec in-process; write that JSON here")
     p.add_argument("--default-from", help="use a --default-out JSON instead of training the job on the cluster")
     args = p.parse_args()
@@ -97,7 +110,7 @@ def main() -> None:
         return
     load_start = os.getloadavg()[0]
     spec, base = load_tune_spec(TUNE_SPEC, {"storage_path": args.storage, "export_dir": str(ROOT / "jobs" / "tuned")})
-    study = locate(spec, TUNE_SPEC, base, args.resume)
+    study = locate(spec, TUNE_SPEC, base, args.resume or args.report_only)
     temp_dir = tempfile.mkdtemp(prefix="lmrec-tb-", dir="/tmp")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # private loopback instance
     for attempt in range(20):  # private instance (never another's cluster); a loaded machine can miss Ray's 30 s
@@ -114,9 +127,14 @@ def main() -> None:
             if attempt == 19:
                 raise
     started = time.perf_counter()
-    grid = run_study(study, resume=args.resume)
-    if not finished(study, grid):
-        raise SystemExit(f"study {study.path} interrupted: rerun with --resume")
+    if args.report_only:  # what the study holds now, finished or not; runs nothing
+        from ray import tune
+
+        grid = tune.Tuner.restore(study.path, trainable=_trainable(study)).get_results()
+    else:
+        grid = run_study(study, resume=args.resume)
+        if not finished(study, grid):
+            raise SystemExit(f"study {study.path} interrupted: rerun with --resume")
     search_s = time.perf_counter() - started
     report = write_report(study, grid, Path(spec.export_dir))
     tuned_spec = load_spec(TrainSpec, report.spec_path)
@@ -143,10 +161,11 @@ def main() -> None:
         "load_average_1m_at_start": round(load_start, 2),
         "tune_spec": str(TUNE_SPEC.relative_to(ROOT)),
         "exported_job_spec": str(Path(report.spec_path).resolve().relative_to(ROOT)),
-        "search": {"trials": len(report.table), "max_concurrent": spec.max_concurrent,
+        "search": {"trials": len(report.table), "trials_planned": spec.num_samples,
+                   "finished": bool(finished(study, grid)), "max_concurrent": spec.max_concurrent,
                    "epochs_per_trial_max": study.max_epochs, "searcher": f"optuna-{spec.search.sampler}",
                    "scheduler": spec.scheduler.model_dump(), "metric": spec.metric, "objective": spec.objective,
-                   "wall_seconds": round(search_s, 1)},
+                   "wall_seconds_this_session": round(search_s, 1), **study_span(report)},
         "asha": {"trial_epochs_used": report.epochs_used, "trial_epochs_possible": possible,
                  "fraction_used": round(report.epochs_used / possible, 4),
                  "trials_stopped_early": int((report.table["status"] == "stopped_early").sum())},
