@@ -20,6 +20,17 @@ def data_dir() -> Path:
     return path
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: one torch thread avoids thread hand-off costs that dominate on a shared 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def ml100k(data_dir: Path):
     """MovieLens 100K, loaded once per test session (treat it as read-only)."""

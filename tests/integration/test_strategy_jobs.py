@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from lmrec.config.base import load_spec
 from lmrec.config.train import TrainSpec
@@ -23,6 +22,7 @@ TINY = {"data.max_users": 60, "data.max_items": 120, "model.encoder_init": "rand
         "model.max_length": 16, "model.max_history": 32, "optim.epochs": 2, "optim.batch_size": 128,
         "optim.lr_heads": 0.01, "optim.encode_batch_size": 128, "optim.log_every_steps": 1000,
         "scaling.engine": "ddp", "early_stopping.patience": 5}
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 PER_USER = {"kind": "per_user_random", "test_frac": 0.2, "valid_frac": 0.1, "seed": 0}
 ENCODER_STEPS = {"optim.lr_encoder": 1e-3, "optim.items_encoded_per_step": 4}
 
@@ -34,15 +34,6 @@ def tiny_job(name: str, tmp_path: Path, **overrides) -> TrainSpec:
     if name in ("full", "lora", "progressive_unfreezing", "layer_sharing"):
         over.update(ENCODER_STEPS)
     return load_spec(TrainSpec, JOBS / f"{name}.yaml", {**over, **overrides})
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: one thread avoids hand-off costs that dominate on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

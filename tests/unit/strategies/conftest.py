@@ -57,9 +57,6 @@ def synthetic_ratings():
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These tests move tiny tensors: one thread avoids thread hand-off costs that dominate on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_torch_thread(one_torch_thread):
+    """These tests move tiny tensors (see ``one_torch_thread`` in tests/conftest.py)."""
     yield
-    torch.set_num_threads(threads)
