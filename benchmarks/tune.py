@@ -152,7 +152,8 @@ def main() -> None:
              "val": {k: best.get(k) for k in (spec.metric, "val_rmse", "val_ndcg@10")},
              "params": {k: best[k] for k in best if k.startswith(("tasks.", "optim."))},
              "trial_id": best.get("trial_id"), "best_epoch": best.get("best_epoch")}
-    possible = len(report.table) * study.max_epochs
+    ran = report.table[report.table["status"] != "no_report"]  # trials cut by an interruption before epoch 1
+    possible = len(ran) * study.max_epochs
     table = report.table.drop(columns=["artifact"]).round(6)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
@@ -168,7 +169,9 @@ def main() -> None:
                    "wall_seconds_this_session": round(search_s, 1), **study_span(report)},
         "asha": {"trial_epochs_used": report.epochs_used, "trial_epochs_possible": possible,
                  "fraction_used": round(report.epochs_used / possible, 4),
-                 "trials_stopped_early": int((report.table["status"] == "stopped_early").sum())},
+                 "note": "used/possible over trials that reported; stops by ASHA and by the job's own "
+                         "early-stopping patience both count as saved epochs",
+                 "trials_by_status": {k: int(v) for k, v in report.table["status"].value_counts().items()}},
         "trials": table.to_dict(orient="records"),
         "tuned": tuned,
         "default_job": default,
