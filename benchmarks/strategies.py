@@ -54,13 +54,14 @@ FROZEN_EPOCHS = 4
 ENCODER_EPOCHS = 1
 ENCODER_ROWS = {"optim.epochs": ENCODER_EPOCHS, "optim.items_encoded_per_step": 4,
                 "optim.refresh_every_epochs": ENCODER_EPOCHS}
-RECIPE_STRATEGIES = ("frozen", "full", "lora", "progressive_unfreezing", "layer_sharing", "curriculum",
-                     "label_propagation", "distillation")
+# frozen-encoder rows first (the teacher and ensemble members among them), encoder-training rows after
+FROZEN_STRATEGIES = ("frozen", "distillation", "curriculum", "label_propagation")
+ENCODER_STRATEGIES = ("full", "lora", "progressive_unfreezing", "layer_sharing")
 
 
 def spec_for(name: str, split: dict, **overrides) -> TrainSpec:
     """The strategy's job spec on ``split``, shortened to the benchmark's budget."""
-    enc = name in ("full", "lora", "progressive_unfreezing", "layer_sharing")
+    enc = name in ENCODER_STRATEGIES
     budget = ENCODER_ROWS if enc else {"optim.epochs": FROZEN_EPOCHS}
     return load_spec(TrainSpec, ROOT / "jobs" / "strategies" / f"{name}.yaml",
                      {**COMMON, **budget, "data.split": split, "name": f"bench-{name}", **overrides})
@@ -297,11 +298,16 @@ def main() -> None:
     item_text = shared_item_text(u1)
     notes["shared_encoding_s"] = time.perf_counter() - t0
     members: dict = {}
-    needs_members = want("ensemble") or want("distillation_cost")
-    for name in RECIPE_STRATEGIES:
-        if want(name) or (needs_members and name in ("frozen", "distillation")):
+    for name in FROZEN_STRATEGIES:
+        if want(name):
             rows.append(run_strategy(name, datasets, item_text, members))
             save()
+    for key, name, member in (("u1", "frozen", "two_tower"), ("protocols", "frozen", "two_tower"),
+                              ("u1", "distillation", "student"), ("protocols", "distillation", "student")):
+        if member not in members.get(key, {}) and (RUNS / key / name).exists():  # not re-run: its artifact
+            from lmrec.models.artifact import load_artifact
+
+            members.setdefault(key, {})[member] = load_artifact(RUNS / key / name).recommender
     if want("classic") or want("ensemble"):
         rows.extend(classic_rows(datasets, members))
         save()
@@ -318,6 +324,10 @@ def main() -> None:
                 **cost, "teacher_warm_ndcg@10": teacher["warm_ndcg@10"], "student_warm_ndcg@10":
                 student["warm_ndcg@10"], "ndcg_kept": keep, "ok": keep >= 0.95 and cost["cost_ratio"] <= 0.6}
             log.info("distillation acceptance %s", notes["distillation_acceptance"])
+            save()
+    for name in ENCODER_STRATEGIES:
+        if want(name):
+            rows.append(run_strategy(name, datasets, item_text, members))
             save()
     if want("meta_learning"):
         rows.extend(cold_user_rows(item_text, notes))
