@@ -325,7 +325,9 @@ def main() -> int:
             d["autoscaling_config"].update(max_replicas=3, upscale_delay_s=3, downscale_delay_s=5,
                                            metrics_interval_s=1, look_back_period_s=5)
     if args.serve_mode == "high-throughput":  # read by the controller, proxy and replicas (they inherit it)
-        os.environ.update(high_throughput_env(WORK / "haproxy"))
+        import tempfile
+
+        os.environ.update(high_throughput_env(tempfile.mkdtemp(prefix="hap", dir="/tmp")))
     result["serve_mode"] = args.serve_mode
     # Ray starts its workers (every Serve replica) at niceness 15 so a driver stays responsive; the bare app runs
     # at 0. On a box shared with other niced jobs that alone starved Serve's hops against them while the bare

@@ -92,6 +92,8 @@ def high_throughput_env(state_dir: str | Path, nbthread: int = 1) -> dict[str, s
     ``RAY_SERVE_THROUGHPUT_OPTIMIZED``: user code and router on the replica's event loop, gRPC between
     deployments. HAProxy's state files and ports default to fixed places (``/tmp/haproxy-serve``, 8404, 9101);
     they are moved under ``state_dir`` and to free ports so that several Serve instances can share a machine.
+    Ray adds a 56-character node id below ``state_dir`` and HAProxy takes socket paths of at most 97 characters:
+    keep ``state_dir`` short (``tempfile.mkdtemp(prefix="hap", dir="/tmp")``).
     """
     import socket
 
@@ -101,6 +103,8 @@ def high_throughput_env(state_dir: str | Path, nbthread: int = 1) -> dict[str, s
             return str(s.getsockname()[1])
 
     d = Path(state_dir).resolve()
+    if len(str(d)) > 97 - len("/metrics.sock") - 57:
+        raise ValueError(f"{d}: too long for HAProxy's socket paths (see high_throughput_env)")
     d.mkdir(parents=True, exist_ok=True)
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
