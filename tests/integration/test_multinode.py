@@ -174,7 +174,9 @@ class Cluster:
     def alive_nodes(self) -> list[dict]:
         from ray.util.state import list_nodes
 
-        return [n.__dict__ for n in list_nodes(address=self.dashboard, filters=[("state", "=", "ALIVE")])]
+        # filtered in Python: a server-side filter that drops nodes makes the State API report "data truncation"
+        nodes = list_nodes(address=self.dashboard, raise_on_missing_output=False)
+        return [n.__dict__ for n in nodes if n.state == "ALIVE"]
 
     def wait_for_nodes(self, n: int, timeout: float = 600, until_exit=None) -> list[dict]:
         deadline = time.monotonic() + timeout
@@ -195,9 +197,8 @@ class Cluster:
         """Node ids of the alive Ray Train worker actors."""
         from ray.util.state import list_actors
 
-        actors = list_actors(address=self.dashboard, filters=[("class_name", "=", "RayTrainWorker"),
-                                                              ("state", "=", "ALIVE")])
-        return sorted(a.node_id for a in actors)
+        actors = list_actors(address=self.dashboard, limit=10_000, raise_on_missing_output=False)
+        return sorted(a.node_id for a in actors if a.class_name == "RayTrainWorker" and a.state == "ALIVE")
 
     def stop(self) -> None:
         for node in self.workers:
