@@ -159,10 +159,16 @@ def test_promoted_candidate_is_served(world, capsys):
     assert manifest["lineage"]["parent"]["sha256"] == _sha(v1)
     assert world["cut"] < manifest["data_cutoff"] < out["selection"]["holdout_from"]
     assert _served_sha(world) == _sha(v2)
-    # the user who arrived with the new data is now known to the served model
-    r = requests.post(world["url"] + "/recommend", json={"user_id": new_user, "k": 5}, timeout=30)
-    assert r.status_code == 200, r.text
-    body = r.json()
+    # the user who arrived with the new data is now known to the served model; the ingress picks the new
+    # artifact's score tables up within its poll interval (0.5 s), so /recommend may answer from v1 briefly
+    deadline = time.monotonic() + 15
+    while True:
+        r = requests.post(world["url"] + "/recommend", json={"user_id": new_user, "k": 5}, timeout=30)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        if body["versions"]["two_tower"] == _sha(v2)[:12] or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
     assert len(body["items"]) == 5 and body["versions"]["two_tower"] == _sha(v2)[:12]
     report = json.loads((Path(out["candidate"]["run_path"]) / "incremental.json").read_text())
     assert report["status"] == "promoted" and report["promoted_version"] == "v0002"

@@ -163,6 +163,10 @@ class EnsembleRouter:
             self.spaces.setdefault(t.sha256, (IdMap(t.item_ids), list(texts)))
         self._tables = (tables[0], tables[1] if len(tables) > 1 else None)
 
+    @staticmethod
+    def _table_scores(user_id, tt_table: ScoreTable, mf_table: ScoreTable | None) -> tuple[dict, dict | None]:
+        return tt_table.user_scores(user_id), (mf_table.user_scores(user_id) if mf_table is not None else None)
+
     # ---- run-time items and version skew ----
     async def _sync_catalog(self, force: bool = False) -> None:
         """Fetch items added since the last look; without ``force`` at most once per ``poll_s``, in the
@@ -229,9 +233,11 @@ class EnsembleRouter:
             mf_call = self.mf.call.remote("user_scores", req.user_id) if self.mf else _none()
             tt_res, mf_res = await asyncio.gather(self._tt("user_scores", req.user_id), mf_call)
         else:  # the members' own arithmetic on their tables, without a hop per member
-            tt_table, mf_table = await self._score_tables()
-            tt_res = tt_table.user_scores(req.user_id)
-            mf_res = mf_table.user_scores(req.user_id) if mf_table is not None else None
+            tt_res, mf_res = self._table_scores(req.user_id, *await self._score_tables())
+            if tt_res["scores"] is None and (mf_res is None or mf_res["scores"] is None):
+                # unknown here may only mean the tables predate a hot swap that added the user: look now
+                await self._in_background("tables", self._fetch_tables)
+                tt_res, mf_res = self._table_scores(req.user_id, *self._tables)
         if tt_res["scores"] is None and (mf_res is None or mf_res["scores"] is None):
             raise ServingError(404, f"unknown user_id {req.user_id!r} (use /cold-start/recommend for new users)")
         tt_map, _ = await self._space(self.tt, tt_res["sha256"])
