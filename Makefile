@@ -39,7 +39,7 @@ test-fast: setup
 # two Ray nodes (separate `ray start` processes on loopback), a training job through the Jobs API, the worker node
 # killed after the first checkpoint and replaced: the job resumes and matches an uninterrupted run
 cluster-smoke: setup
-	$(BIN)/python -m pytest -q -s tests/integration/test_multinode.py
+	LMREC_MULTINODE=1 $(BIN)/python -m pytest -q -s tests/integration/test_multinode.py
 
 # docs/reference.md from the pydantic schemas (tests/configs/test_reference_docs.py checks it is current)
 docs: setup

@@ -9,6 +9,26 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+START_DIR = Path.cwd()
+
+
+def _back_to_start_dir() -> None:
+    try:
+        here = Path.cwd()
+    except FileNotFoundError:  # the folder we were in was deleted
+        here = None
+    if here != START_DIR:
+        os.chdir(START_DIR)
+
+
+@pytest.fixture(autouse=True)
+def _every_test_starts_in_the_start_dir():
+    """Every test runs from the folder pytest started in. Code a test drives (Ray's run-folder handling among it)
+    can leave the process in a temporary folder that a teardown then deletes; without this, every later test
+    that resolves a relative path or starts a subprocess fails with FileNotFoundError."""
+    _back_to_start_dir()
+    yield
+    _back_to_start_dir()
 
 
 @pytest.fixture(scope="session")

@@ -235,7 +235,9 @@ class EnsembleRouter:
         else:  # the members' own arithmetic on their tables, without a hop per member
             tt_res, mf_res = self._table_scores(req.user_id, *await self._score_tables())
             if tt_res["scores"] is None and (mf_res is None or mf_res["scores"] is None):
-                # unknown here may only mean the tables predate a hot swap that added the user: look now
+                # unknown here may only mean the tables predate a hot swap that added the user: finish any look
+                # in flight (it may have started before the swap), then look once more
+                await self._in_background("tables", self._fetch_tables)
                 await self._in_background("tables", self._fetch_tables)
                 tt_res, mf_res = self._table_scores(req.user_id, *self._tables)
         if tt_res["scores"] is None and (mf_res is None or mf_res["scores"] is None):
