@@ -12,6 +12,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 def _free_port() -> int:
@@ -64,6 +65,11 @@ def test_replica_killed_under_load_no_failed_request(service):
     assert out["failed_requests"] == 0, out  # the client's retries absorb what the dead replica dropped
     assert out["replacement_running_after_s"] is not None and out["replacement_running_after_s"] < 60, out
     assert out["victim"] not in replica_actors()["TwoTowerScorer"]
+    # a replica starved of CPU on a small machine can fail a health check and be replaced once more: the
+    # deployment must come back to two running replicas, not hold two at one sampled instant
+    deadline = time.monotonic() + 60
+    while running_replicas()["TwoTowerScorer"] != 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert running_replicas()["TwoTowerScorer"] == 2
 
 

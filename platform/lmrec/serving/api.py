@@ -8,10 +8,15 @@ and the bare single-process app of the benchmark.
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Annotated, Union
 
 from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, model_validator
 
 MAX_K = 1000
 MAX_IDS = 1000
@@ -37,7 +42,7 @@ class _Request(BaseModel):
 
 class RecommendRequest(_Request):
     user_id: RawId = Field(description="The user's raw id in the dataset.")
-    k: int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
+    k: StrictInt = Field(10, ge=1, le=MAX_K, description="How many items to return.")
     exclude_seen: bool = Field(True, description="Leave out items the user interacted with in training.")
     candidate_item_ids: list[RawId] | None = Field(
         None, min_length=1, max_length=MAX_IDS, description="Rank only these items (raw ids).")
@@ -52,7 +57,7 @@ class PredictRequest(_Request):
 class SimilarItemsRequest(_Request):
     item_id: RawId | None = Field(None, description="Find items like this one ...")
     text: Text | None = Field(None, description="... or like this free text (exactly one of the two).")
-    k: int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
+    k: StrictInt = Field(10, ge=1, le=MAX_K, description="How many items to return.")
 
     @model_validator(mode="after")
     def _one_query(self) -> "SimilarItemsRequest":
@@ -70,7 +75,7 @@ class ColdStartRequest(_Request):
     ratings: list[RatingIn] = Field(default_factory=list, max_length=MAX_RATINGS,
                                     description="The new user's ratings so far (may be empty with a profile text).")
     profile_text: Text | None = Field(None, description="Free text about the user's tastes.")
-    k: int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
+    k: StrictInt = Field(10, ge=1, le=MAX_K, description="How many items to return.")
 
     @model_validator(mode="after")
     def _has_signal(self) -> "ColdStartRequest":
@@ -145,23 +150,31 @@ class _BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise _TooLarge
+                raise _TooLarge(self.max_bytes)
             return message
 
         try:
             await self.app(scope, limited, send)
-        except _TooLarge:
+        except _TooLarge:  # raised outside a route's body parsing (inside it, FastAPI answers the 413 itself)
             await self._reject(send)
 
     async def _reject(self, send):
-        body = b'{"detail":"request body larger than %d bytes"}' % self.max_bytes
+        body = json.dumps({"detail": _too_large_detail(self.max_bytes)}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
 
-class _TooLarge(Exception):
-    pass
+def _too_large_detail(max_bytes: int) -> str:
+    return f"request body larger than {max_bytes} bytes"
+
+
+class _TooLarge(HTTPException):
+    """Raised from the body stream; an HTTPException so that FastAPI's body parsing re-raises it (as 413) instead
+    of folding it into a 400 "error parsing the body"."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(status_code=413, detail=_too_large_detail(max_bytes))
 
 
 def _replica_unavailable(error: Exception) -> bool:
@@ -224,5 +237,22 @@ def build_api(router, max_body_bytes: int = 65536, title: str = "lmrec recommend
     async def stats():
         return await run(router.stats())
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request, exc: RequestValidationError):
+        # FastAPI's own handler echoes each error's input; a JSON number like 1e999 parses to inf, which JSON
+        # cannot encode (a 500). Non-finite floats are echoed as strings instead.
+        return JSONResponse(status_code=422, content={"detail": _finite(jsonable_encoder(exc.errors()))})
+
     app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)
     return app
+
+
+def _finite(value):
+    """``value`` with every non-finite float replaced by its string ("inf", "nan")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value

@@ -121,6 +121,15 @@ class EnsembleRouter:
             raise ServingError(404, f"unknown item_id(s): {unknown[:20]}")
         return np.asarray(out, dtype=np.int64)
 
+    async def _look_for(self, raw_ids: list) -> None:
+        """When an id is neither an artifact item nor a run-time item this replica knows, finish a catalog look
+        first: another replica may have added the item since this one last looked (no stale 404 for new items)."""
+        def known(raw) -> bool:
+            return raw in self.new_map or any(m.index(raw) is not None for m, _ in self.spaces.values())
+
+        if not all(known(raw) for raw in raw_ids):
+            await self._in_background("catalog", self._fetch_catalog)
+
     def _raw_id(self, tt_map: IdMap, idx: int):
         return tt_map.ids[idx] if idx < len(tt_map) else self.new_ids[idx - len(tt_map)]
 
@@ -229,6 +238,8 @@ class EnsembleRouter:
     # ---- endpoints ----
     async def recommend(self, req: RecommendRequest) -> dict:
         await self._sync_catalog()
+        if req.candidate_item_ids is not None:
+            await self._look_for(req.candidate_item_ids)
         if self.new_ids:  # items added at run time: only the two-tower member can project their texts
             mf_call = self.mf.call.remote("user_scores", req.user_id) if self.mf else _none()
             tt_res, mf_res = await asyncio.gather(self._tt("user_scores", req.user_id), mf_call)
@@ -275,6 +286,7 @@ class EnsembleRouter:
 
     async def predict(self, req: PredictRequest) -> dict:
         await self._sync_catalog()
+        await self._look_for(req.item_ids)
         tt_sha = (await self.tt.item_ids.remote())[0]
         tt_map, _ = await self._space(self.tt, tt_sha)
         idx = self._combined_index(tt_map, req.item_ids)
@@ -303,6 +315,7 @@ class EnsembleRouter:
     async def similar_items(self, req: SimilarItemsRequest) -> dict:
         await self._sync_catalog()
         if req.item_id is not None:
+            await self._look_for([req.item_id])
             tt_sha = (await self.tt.item_ids.remote())[0]
             tt_map, _ = await self._space(self.tt, tt_sha)
             idx = int(self._combined_index(tt_map, [req.item_id])[0])
@@ -318,6 +331,7 @@ class EnsembleRouter:
 
     async def cold_start(self, req: ColdStartRequest) -> dict:
         await self._sync_catalog()
+        await self._look_for([r.item_id for r in req.ratings])
         tt_sha = (await self.tt.item_ids.remote())[0]
         tt_map, _ = await self._space(self.tt, tt_sha)
         idx = self._combined_index(tt_map, [r.item_id for r in req.ratings])

@@ -142,6 +142,22 @@ def _resume(recipe: TwoTowerRecipe, rank: int) -> tuple[int, list[dict]]:
     return 0, []
 
 
+def _registered_names() -> set[str]:
+    """Folder names of the checkpoints Ray has registered for this run (a resumed run sees its earlier ones)."""
+    reported = ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
+    return {Path(r.checkpoint.path).name for r in reported}
+
+
+def _dir_name(epoch: int, taken: set[str]) -> str:
+    """``epoch_NNNN``; when a resume skipped a damaged checkpoint of that epoch, which Ray still registers,
+    ``epoch_NNNN-2`` (and so on): reusing the folder would let Ray's pruning of the damaged one delete the new one."""
+    name, n = f"epoch_{epoch:04d}", 1
+    while name in taken:
+        n += 1
+        name = f"epoch_{epoch:04d}-{n}"
+    return name
+
+
 def _export(recipe: TwoTowerRecipe, destination: str, metrics: dict, rank: int) -> str | None:
     """Write the serving artifact to ``destination`` (a local path or a URI) from rank 0.
 
@@ -217,6 +233,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
                                 init_state=ray.get(init_ref) if init_ref is not None else None)
 
     start_epoch, history = _resume(recipe, rank)
+    taken = _registered_names()
 
     shard = ray.train.get_dataset_shard("train")
     epochs, batch_size = spec.optim.epochs, spec.optim.batch_size
@@ -248,7 +265,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
             ray.train.report(
                 last,
                 checkpoint=Checkpoint.from_directory(tmp) if os.listdir(tmp) else None,
-                checkpoint_dir_name=f"epoch_{epoch:04d}",
+                checkpoint_dir_name=_dir_name(epoch, taken),
             )
 
     export_metrics = last
