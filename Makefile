@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # local demo/test clusters listen on loopback only; see README "Ray authentication"
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup demo test test-fast cluster-smoke docs bench clean
+.PHONY: setup demo test test-fast test-heavy cluster-smoke docs bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,11 +30,16 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/lmrec demo
 
+# the default suite (about 15 min on 2 cores); the minutes-long fault-injection tests run with `make test-heavy`
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not heavy"
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# DeepSpeed ZeRO-2 crash-resume, SIGKILL mid-checkpoint, replica kill under load, continuous fine-tuning
+test-heavy: setup
+	$(BIN)/python -m pytest -q -m heavy
 
 # two Ray nodes (separate `ray start` processes on loopback), a training job through the Jobs API, the worker node
 # killed after the first checkpoint and replaced: the job resumes and matches an uninterrupted run

@@ -20,7 +20,7 @@ import pytest
 import requests
 import yaml
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 REPO = Path(__file__).resolve().parents[2]
 MAX_USERS, MAX_ITEMS = 60, 200
 BASE_QUANTILE = 0.6  # the artifact is trained on the oldest 60% of the slice's interactions

@@ -121,6 +121,7 @@ def test_ddp_crash_resume_and_artifact(ray_local, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_deepspeed_zero2_crash_resume_and_artifact(ray_local, tmp_path, monkeypatch):
     assert json.loads(ZERO2.read_text())["zero_optimization"]["stage"] == 2
     spec = tiny_spec(tmp_path, **{"name": "ds-crash", "scaling.engine": "deepspeed",

@@ -94,6 +94,7 @@ def ray_local():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_sigkill_mid_checkpoint_write_then_corrupted_latest(ray_local, tmp_path, monkeypatch):
     from lmrec.training.ray_train import FAULT_ENV, train
 

@@ -18,10 +18,13 @@ stays, so such setups (the tests, the benchmark) give the cluster spare logical 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,6 +191,33 @@ def finished(study: Study, grid) -> bool:
     return grid.num_terminated + grid.num_errors >= study.spec.num_samples
 
 
+@contextlib.contextmanager
+def _interrupt_flag():
+    """An event set by Ctrl-C (SIGINT) while the study runs. Tune's own SIGINT handler stops a study gracefully but
+    leaves no trace in the returned grid (unstarted trials can look terminated), so SIGINT is taken here and handed
+    to Tune as SIGUSR1, which it treats the same way (``TUNE_DISABLE_SIGINT_HANDLER``)."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
+        yield event
+        return
+
+    def on_sigint(signum, frame):
+        event.set()
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if previous_env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = previous_env
+
+
 def main_tune(spec_path: str, overrides: dict | None = None, resume: bool = False) -> int:
     """``lmrec tune SPEC``: 0 when the study finished and a best spec was exported, 2 for an invalid spec, 1 else."""
     from lmrec.tuning.report import write_report
@@ -200,8 +230,9 @@ def main_tune(spec_path: str, overrides: dict | None = None, resume: bool = Fals
         print(f"lmrec tune: error: {e}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    grid = run_study(study, resume=resume)
-    if not finished(study, grid):
+    with _interrupt_flag() as interrupted:
+        grid = run_study(study, resume=resume)
+    if interrupted.is_set() or not finished(study, grid):
         print(f"lmrec tune: study {study.path} interrupted after {grid.num_terminated} of {spec.num_samples} "
               f"trials; continue it with: lmrec tune {spec_path} --resume", file=sys.stderr)
         return 130
