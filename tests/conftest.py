@@ -40,6 +40,33 @@ def data_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def ray_local(data_dir: Path):
+    """One local 2-CPU Ray instance for the module, in its own short temp dir (Ray's socket paths are
+    length-limited; no other cluster's ``auto`` finds it), started patiently (``benchmarks/reliability.start_ray``)."""
+    import shutil
+    import sys
+    import tempfile
+
+    ray = pytest.importorskip("ray")
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from reliability import start_ray
+
+    temp_dir = tempfile.mkdtemp(prefix="lmrec-rt-", dir="/tmp")
+    with pytest.MonkeyPatch.context() as mp:
+        # token auth would need a token file shared with every CLI call; this instance is private to the test
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        mp.setenv("LMREC_DATA_DIR", str(data_dir))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("TOKENIZERS_PARALLELISM", "false")
+        start_ray(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 @pytest.fixture
 def one_torch_thread():
     """Tiny tensors: one torch thread avoids thread hand-off costs that dominate on a shared 2-core machine."""

@@ -8,9 +8,6 @@ disarms it), and Ray's ``FailureConfig`` restarts the worker group, which must c
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,26 +26,6 @@ REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "tests" / "configs" / "tiny_two_tower.yaml"
 INVALID_SPEC = REPO / "tests" / "configs" / "invalid_two_tower.yaml"
 ZERO2 = REPO / "jobs" / "deepspeed" / "zero2.json"
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    """One local 2-CPU Ray instance for the module, in its own temp dir (so no other cluster's `auto` finds it)."""
-    ray = pytest.importorskip("ray")
-    data_dir = Path(os.environ.get("LMREC_DATA_DIR", REPO.parent / "shared" / "data"))
-    if not (data_dir / "ml-100k" / "u.data").exists():
-        pytest.skip(f"ML-100K not found under {data_dir}")
-    temp_dir = tempfile.mkdtemp(prefix="lmrec-rt-", dir="/tmp")  # short: Ray's socket paths are length-limited
-    with pytest.MonkeyPatch.context() as mp:
-        # token auth would need a token file shared with every CLI call; this instance is private to the test
-        mp.setenv("RAY_AUTH_MODE", "disabled")
-        mp.setenv("LMREC_DATA_DIR", str(data_dir))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("TOKENIZERS_PARALLELISM", "false")
-        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=True)
-        yield
-        ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def tiny_spec(tmp_path: Path, **overrides) -> TrainSpec:

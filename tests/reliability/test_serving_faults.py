@@ -6,7 +6,6 @@ The fast subset of ``benchmarks/reliability.py`` (longer load, both deployments,
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import socket

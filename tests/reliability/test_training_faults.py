@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -72,26 +70,6 @@ def test_torn_or_altered_checkpoint_is_rejected(tmp_path, damage):
 
 
 # ---- the real thing: 2 Ray Train workers, a SIGKILL, a resume ----
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    from reliability import start_ray
-
-    data_dir = Path(os.environ.get("LMREC_DATA_DIR", REPO.parent / "shared" / "data"))
-    if not (data_dir / "ml-100k" / "u.data").exists():
-        pytest.skip(f"ML-100K not found under {data_dir}")
-    temp_dir = tempfile.mkdtemp(prefix="lmrec-rel-", dir="/tmp")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_AUTH_MODE", "disabled")
-        mp.setenv("LMREC_DATA_DIR", str(data_dir))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("TOKENIZERS_PARALLELISM", "false")
-        start_ray(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
-        yield
-        ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
-
 
 @pytest.mark.slow
 @pytest.mark.heavy
