@@ -108,7 +108,8 @@ def _serve(spec, artifact: str, out_dir: Path, stages: int):
     print(f"[6/{stages}] Ray Serve: the ensemble (two-tower + MF) on loopback, sample requests", flush=True)
     data = prepare_data(spec)
     mf = train_mf_artifact(data, out_dir / "artifacts" / "mf")
-    outcome = serve_stage(artifact, str(mf), list(data.user_ids), list(data.item_ids))
+    # raw ids as plain Python values: they go into JSON request bodies
+    outcome = serve_stage(artifact, str(mf), data.user_ids.tolist(), data.item_ids.tolist())
     latency_chart(outcome, out_dir / "serve_latency.png")
     for row in outcome.summary():
         print(f"      {row['endpoint']}: {row['requests']} requests, p50 {row['p50_ms']} ms, "
