@@ -47,7 +47,7 @@ def test_points_round_trip_through_the_raw_coordinates():
     assert set(raw) == {"optim.lr_heads", "tasks.click.temperature"} | {f"task_weights{RAW_SEP}{i}" for i in range(3)}
     resolved = resolve_trial(spec, raw)
     assert [resolved[k] for k in KEYS] == pytest.approx([1.2, 0.3, 0.1])
-    assert resolved["optim.epochs"] == 4  # fixed overrides ride along
+    assert resolved["optim.epochs"] == 6  # fixed overrides ride along
 
 
 def test_the_committed_specs_load():
