@@ -28,6 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 from lmrec.config.base import SpecError
 from lmrec.training.ray_train import DEFAULT_STORAGE, _is_uri, connect_ray
@@ -205,17 +206,12 @@ def _interrupt_flag():
         event.set()
         os.kill(os.getpid(), signal.SIGUSR1)
 
-    previous_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     previous = signal.signal(signal.SIGINT, on_sigint)
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
-        yield event
+        with mock.patch.dict(os.environ, {"TUNE_DISABLE_SIGINT_HANDLER": "1"}):
+            yield event
     finally:
         signal.signal(signal.SIGINT, previous)
-        if previous_env is None:
-            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
-        else:
-            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = previous_env
 
 
 def main_tune(spec_path: str, overrides: dict | None = None, resume: bool = False) -> int:
