@@ -16,8 +16,9 @@ Writes benchmarks/results/reliability.json. ``tests/reliability/`` runs a fast s
 - fuzz: schemathesis generates requests for every operation of the service's OpenAPI schema (valid and invalid
   bodies) against the real Serve endpoint: no 5xx, no replica restarted.
 - fuzz-bare: the same fuzzing in-process against ``build_bare_app`` (no Ray).
-- soak: /recommend at 70% of the highest sustained Serve rate in benchmarks/results/serve.json for
-  ``--soak-seconds``; RSS of every Serve process and latency sampled every 10 s.
+- soak: /recommend at 70% of the highest rate this deployment sustains, measured just before (closed loop for
+  the ceiling, then an open-loop sweep below it), for ``--soak-seconds``; RSS of every Serve process and latency
+  sampled every 10 s.
 """
 
 from __future__ import annotations
@@ -523,9 +524,20 @@ def serve_config(port: int, app_args: dict, replicas: int, health_check_period_s
     return raw
 
 
-def sustained_rate() -> tuple[float, str]:
-    serve = json.loads((RESULTS / "serve.json").read_text())
-    return float(serve["sweep_serve"]["max_sustained_rps"]), "benchmarks/results/serve.json sweep_serve"
+SOAK_SWEEP_FRACTIONS = (0.3, 0.45, 0.6, 0.75, 0.9, 1.0)  # of the closed-loop throughput of this deployment
+
+
+def sustained_rate(url: str, users: list, items: list) -> dict:
+    """The highest sustained /recommend rate of *this* deployment (its replica counts and proxy mode): a
+    closed loop (8 clients, 10 s) for the ceiling, then serve_load's open-loop sweep below it (8 s a rate; a
+    rate is sustained when nothing fails and the backlog drains within 1 s)."""
+    from serve_load import closed_loop, rate_sweep, request_bodies
+
+    bodies = request_bodies("/recommend", users, items, random.Random(4))
+    ceiling = asyncio.run(closed_loop(url, "/recommend", bodies, 8, 10, 100000))["throughput_rps"]
+    sweep = rate_sweep(url, users, items, [round(f * ceiling, 1) for f in SOAK_SWEEP_FRACTIONS], 8)
+    return {"closed_loop_rps": ceiling, "max_sustained_rps": sweep["max_sustained_rps"],
+            "p99_ms_at_max": sweep["p99_ms_at_max"], "sweep": sweep["points"]}
 
 
 def serving_parts(parts: set[str], args) -> dict:
@@ -575,11 +587,12 @@ def serving_parts(parts: set[str], args) -> dict:
             print("fuzz", fuzz["requests"], "requests,", fuzz["server_errors"], "5xx,", len(lost), "replicas lost",
                   flush=True)
         if "soak" in parts:
-            max_rps, source = sustained_rate()
-            rate = 0.7 * max_rps
+            measured = sustained_rate(url, users, items)
+            rate = 0.7 * measured["max_sustained_rps"]
             soak_bodies = request_bodies("/recommend", users, items, random.Random(3))
             out["soak"] = soak(url + "/recommend", soak_bodies, rate, args.soak_seconds) | {
-                "rate_fraction": 0.7, "max_sustained_rps": max_rps, "rate_source": source}
+                "rate_fraction": 0.7, "max_sustained_rps": measured["max_sustained_rps"],
+                "rate_source": "measured on this deployment just before the soak", "rate_measurement": measured}
             print("soak", json.dumps({k: v for k, v in out["soak"].items() if k not in ("samples", "per_minute")}),
                   flush=True)
     finally:

@@ -4,7 +4,7 @@ Run: ``LMREC_DATA_DIR=/work/shared/data python benchmarks/tune.py [--storage /tm
 Writes benchmarks/results/tune.json, tune_{params,simplex,curves}.png and jobs/tuned/ml100k-task-weights.yaml.
 
 The study is ``tune/ml100k-task-weights.yaml`` run through the same code as ``lmrec tune`` (Optuna TPE, ASHA,
-trials that build the job's own TorchTrainer). It optimises a validation objective (2 x val NDCG@10 - val RMSE
+trials that build the job's own TorchTrainer). It optimises a validation objective (val NDCG@10 - 2 x val RMSE
 on the job's seeded 5% slice of u1.base); u1.test is touched only afterwards, to compare the exported best trial's
 artifact with the job spec as it is (16 epochs; trained like the trials: Ray Train, one worker, same seed), both scored
 by the same code: RMSE on u1.test and NDCG@10 over the full catalogue with training and validation items excluded

@@ -54,7 +54,7 @@ def test_the_committed_specs_load():
     spec, base = load_tune_spec(TINY)
     assert base.name == "tiny_two_tower.yaml" and spec.scheduler.kind == "asha"
     spec, base = load_tune_spec(REPO / "tune" / "ml100k-task-weights.yaml")
-    assert spec.objective == {"val_ndcg@10": 2.0, "val_rmse": -1.0}
+    assert spec.objective == {"val_ndcg@10": 1.0, "val_rmse": -2.0}
 
 
 @pytest.mark.parametrize("change, message", [
