@@ -13,8 +13,8 @@ The test submits the same ``lmrec train`` job twice through the Ray Jobs API:
 2. interrupted: once the first epoch's checkpoint is committed (Ray Train's checkpoint-manager snapshot names
    it), the worker node is SIGKILLed with every process it started (raylet, object store, the train worker);
    the rank on the head then fails in its collective, Ray Train tears the worker group down, and a new worker
-   node (new node id, same settings) is started. The restarted group must land on the new node, resume from
-   the committed checkpoint (not epoch 0) and finish.
+   node (new node id and address, same settings) is started. The restarted group must land on the new node,
+   resume from the committed checkpoint (not epoch 0) and finish.
 
 Training is deterministic given (seed, epoch, rank) and a resumed run reloads the model and optimizer state, so
 the interrupted run's metrics equal the reference's up to float summation order: the tolerance is 1e-4
@@ -49,6 +49,9 @@ TOLERANCE = 1e-4
 # Two loopback addresses, so the nodes look like two hosts. Not 127.0.0.1: Ray swaps that (and "localhost") for
 # the machine's outward-facing address, and this cluster must stay on loopback.
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
+# The replacement node comes up on an address of its own, as a re-provisioned cloud node does (started again on
+# the killed node's address, it did not register within 600 s in earlier runs on this machine).
+REPLACEMENT_IP = "127.0.0.4"
 # The `ray` CLI, except that it waits up to 300 s (not Ray's fixed 30 s) for its raylet to register with the GCS:
 # on a busy 2-core machine the raylet first waits for its dashboard agent, a Python process slow to import.
 PATIENT_RAY_START = """
@@ -165,10 +168,10 @@ class Cluster:
                 self.head.stop()
         raise RuntimeError(f"head node did not start after {tries} tries; logs in {tmp}")
 
-    def add_worker(self, tries: int = 3) -> list[dict]:
+    def add_worker(self, ip: str = WORKER_IP, tries: int = 3) -> list[dict]:
         """Start a worker node and wait until it is alive; returns the alive nodes."""
         for attempt in range(tries):
-            node = RayNode(WORKER_IP, [f"--address={HEAD_IP}:{self.gcs_port}"], self.env,
+            node = RayNode(ip, [f"--address={HEAD_IP}:{self.gcs_port}"], self.env,
                            self.tmp / f"worker{len(self.workers)}-{attempt}.log")
             self.workers.append(node)
             try:
@@ -319,7 +322,7 @@ def test_job_survives_losing_a_node_and_matches_an_uninterrupted_run(cluster, tm
     timings["killed_after_s"] = time.perf_counter() - t0
     c.wait_for_nodes(1)  # the GCS has noticed: the killed node is no longer alive
     timings["node_marked_dead_after_s"] = time.perf_counter() - t0
-    nodes = c.add_worker()
+    nodes = c.add_worker(REPLACEMENT_IP)
     new_worker_id = next(n["node_id"] for n in nodes if not n["is_head_node"])
     assert new_worker_id != worker_id
     placement = wait_until(lambda: (lambda ids: ids if new_worker_id in ids and len(ids) == 2 else None)(
