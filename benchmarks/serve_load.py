@@ -37,7 +37,6 @@ from common import RESULTS, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "runs" / "serve-bench"
-HT_INGRESS_TARGET = 0.6  # ingress target_ongoing_requests in high-throughput mode (a busy fraction)
 OPEN_LOOP_FRACTION = 0.2  # open-loop offered load, as a fraction of the bare app's closed-loop throughput
 
 
@@ -325,10 +324,6 @@ def main() -> int:
             # short delays so the run shows the scale-down after the load step (the file keeps 60 s)
             d["autoscaling_config"].update(max_replicas=3, upscale_delay_s=3, downscale_delay_s=5,
                                            metrics_interval_s=1, look_back_period_s=5)
-        if d["name"] == "EnsembleIngress" and args.serve_mode == "high-throughput":
-            # HAProxy holds the queue and the replica counts only the requests its handler runs (about 1 when
-            # busy, as /recommend is CPU-bound): the target becomes a busy fraction (serve/recommender.yaml)
-            d["autoscaling_config"]["target_ongoing_requests"] = HT_INGRESS_TARGET
     result["autoscaling_configs"] = {d["name"]: d["autoscaling_config"] for d in app["deployments"]
                                      if "autoscaling_config" in d}
     if args.serve_mode == "high-throughput":  # read by the controller, proxy and replicas (they inherit it)
