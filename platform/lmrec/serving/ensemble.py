@@ -25,6 +25,7 @@ from lmrec.serving.api import (
     AddItemRequest, ColdStartRequest, PredictRequest, RecommendRequest, ServingError, SimilarItemsRequest,
     build_api,
 )
+from lmrec.serving.autoscaling import METRIC as CPU_METRIC, CpuClock
 from lmrec.serving.protocol import SKEW, IdMap
 from lmrec.serving.tables import ScoreTable
 
@@ -444,6 +445,11 @@ class EnsembleIngress:
                  liked_threshold: float = 4.0) -> None:
         self.router = EnsembleRouter(two_tower, mf, encoder, catalog, weights, liked_threshold=liked_threshold)
         self.max_body_bytes = max_body_bytes
+        self._cpu = CpuClock()
 
     def __serve_build_asgi_app__(self):
         return build_api(self.router, self.max_body_bytes)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's custom autoscaling metric hook: this replica's CPU use (``lmrec.serving.autoscaling``)."""
+        return {CPU_METRIC: self._cpu.fraction()}
