@@ -94,6 +94,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return main_tune(args.spec, parse_overrides(args.set or []), resume=args.resume)  # SpecError: main() reports
 
 
+def _cmd_ensemble(args: argparse.Namespace) -> int:
+    from lmrec.training.ensemble_job import main_ensemble
+    from lmrec.training.ray_train import parse_overrides
+
+    return main_ensemble(args.spec, parse_overrides(args.set or []))  # SpecError: main() reports
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from lmrec.serving.cli import main_serve
 
@@ -141,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a dotted tune-spec key (repeatable)")
     tu.add_argument("--resume", action="store_true", help="restore the interrupted study (Tuner.restore)")
     tu.set_defaults(func=_cmd_tune)
+
+    en = sub.add_parser("ensemble", help="fit a fused ensemble's weights on validation and write the artifact Serve "
+                        "loads (ensemble_artifact)")
+    en.add_argument("spec", help="jobs/ensemble.yaml")
+    en.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a dotted spec key (repeatable)")
+    en.set_defaults(func=_cmd_ensemble)
 
     sv = sub.add_parser("serve", help="run a Serve config locally (on a cluster: serve deploy <file>)")
     sv.add_argument("config", help="serve/<app>.yaml")

@@ -10,15 +10,24 @@ from lmrec.config.base import load_spec
 from lmrec.config.train import TrainSpec
 
 ROOT = Path(__file__).resolve().parents[2]
-JOB_SPECS = sorted((ROOT / "jobs").glob("*.yaml")) + sorted((ROOT / "jobs" / "tuned").glob("*.yaml"))
+
+
+def _runs_with(path: Path, command: str) -> bool:
+    """The spec's first line (the command that runs it) is ``# lmrec <command> ...``: that picks its schema."""
+    return path.read_text().splitlines()[0].startswith(f"# lmrec {command} ")
+
+
+TOP_SPECS = sorted((ROOT / "jobs").glob("*.yaml")) + sorted((ROOT / "jobs" / "tuned").glob("*.yaml"))
+ENSEMBLE_SPECS = [p for p in TOP_SPECS if _runs_with(p, "ensemble")]
+JOB_SPECS = [p for p in TOP_SPECS if p not in ENSEMBLE_SPECS]
 STRATEGY_SPECS = sorted((ROOT / "jobs" / "strategies").glob("*.yaml"))
 SERVE_CONFIGS = sorted((ROOT / "serve").glob("*.yaml"))
 TUNE_SPECS = sorted((ROOT / "tune").glob("*.yaml"))
-ALL = JOB_SPECS + STRATEGY_SPECS + SERVE_CONFIGS + TUNE_SPECS
+ALL = TOP_SPECS + STRATEGY_SPECS + SERVE_CONFIGS + TUNE_SPECS
 
 
 def test_there_are_specs():
-    assert JOB_SPECS and SERVE_CONFIGS
+    assert JOB_SPECS and ENSEMBLE_SPECS and SERVE_CONFIGS
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: str(p.relative_to(ROOT)))
@@ -31,6 +40,14 @@ def test_first_line_is_the_command_that_runs_it(path):
 def test_job_specs_validate(path):
     spec = load_spec(TrainSpec, path)
     assert spec.name
+
+
+@pytest.mark.parametrize("path", ENSEMBLE_SPECS, ids=lambda p: p.name)
+def test_ensemble_specs_validate(path):
+    from lmrec.config.ensemble import MEMBERS, EnsembleSpec
+
+    spec = load_spec(EnsembleSpec, path)
+    assert set(spec.members) <= set(MEMBERS) and len(spec.members) >= 2 and spec.output_dir
 
 
 @pytest.mark.parametrize("path", STRATEGY_SPECS, ids=lambda p: p.name)

@@ -43,6 +43,10 @@ DOCUMENTS = (
     Document("tune", "Tune spec (`tune/*.yaml`)", "lmrec.tuning.spec:TuneSpec",
              "A search over a job spec's keys: `lmrec tune tune/<search>.yaml`. Trials run the same training "
              "function as `lmrec train`."),
+    Document("ensemble", "Ensemble spec (`jobs/ensemble.yaml`)", "lmrec.config.ensemble:EnsembleSpec",
+             "A fused ensemble of trained members: `lmrec ensemble jobs/ensemble.yaml [--set key=value ...]` fits "
+             "the fusion weights on the members' validation split and writes an ensemble artifact; Serve loads it "
+             "with `ensemble_artifact` in the app args."),
     Document("serve", "Serve application args (`serve/*.yaml`: `applications[].args`)",
              "lmrec.serving.app:ServeAppArgs",
              "The `args:` block of an application whose `import_path` is `lmrec.serving.app:build_app`; the rest "

@@ -15,6 +15,9 @@ The artifact paths become each member's ``user_config`` (``{"artifact_dir": ...}
 ``user_config`` entries of the Serve config at the new artifact and deploy it again; Serve calls ``reconfigure``
 on the running replicas (no restart). Changing ``args`` instead restarts every replica (also without failed
 requests, but slower). ``build_bare_app`` builds the same routes over in-process members, for the benchmark.
+
+``ensemble_artifact`` (written by ``lmrec ensemble``) names the member artifacts and the fusion weights fitted on
+validation in one verified artifact; the builders resolve it into the same members and weights (``resolve_ensemble``).
 """
 
 # No "from __future__ import annotations": Serve reads build_app's annotation with inspect.signature to validate
@@ -34,21 +37,58 @@ class EnsembleWeights(StrictModel):
 class ServeAppArgs(StrictModel):
     """Arguments of ``build_app`` (the ``args:`` block of a Serve config file)."""
 
-    two_tower_artifact: str = Field(
-        description="Two-tower artifact (lmrec.models.artifact): a folder or a storage URI (s3://, file://, ...)."
+    two_tower_artifact: str | None = Field(
+        None, description="Two-tower artifact (lmrec.models.artifact): a folder or a storage URI (s3://, file://, "
+                          "...). Required unless ensemble_artifact is set."
     )
     mf_artifact: str | None = Field(
         None, description="MF artifact (lmrec.serving.mf_artifact): a folder or a storage URI."
     )
     weights: EnsembleWeights = Field(default_factory=EnsembleWeights, description="Fusion weights per member.")
+    ensemble_artifact: str | None = Field(
+        None, description="Ensemble artifact (`lmrec ensemble`): a folder or a storage URI. It names the member "
+                          "artifacts and their fusion weights, so it replaces two_tower_artifact, mf_artifact and "
+                          "weights; Serve uses its ranking weights for /recommend and /predict alike."
+    )
     max_body_bytes: int = Field(65536, ge=1024, le=16 * 2**20, description="Larger request bodies get 413.")
     liked_threshold: float = Field(4.0, description="Ratings at or above this count as liked (explanations).")
 
     @model_validator(mode="after")
-    def _some_weight(self) -> "ServeAppArgs":
+    def _members(self) -> "ServeAppArgs":
+        if self.ensemble_artifact is not None:
+            clash = sorted({"two_tower_artifact", "mf_artifact", "weights"} & self.model_fields_set)
+            if clash:
+                raise ValueError(f"ensemble_artifact names the members and their weights: remove {', '.join(clash)} "
+                                 f"(or remove ensemble_artifact)")
+            return self
+        if self.two_tower_artifact is None:
+            raise ValueError("two_tower_artifact is required (or set ensemble_artifact)")
         if self.weights.two_tower == 0 and (self.mf_artifact is None or self.weights.mf == 0):
             raise ValueError("every member weight is 0")
         return self
+
+
+def resolve_ensemble(args: ServeAppArgs) -> ServeAppArgs:
+    """``args`` with the members and weights of its ``ensemble_artifact`` in place of it; other args unchanged.
+
+    The ensemble artifact's manifest is verified (sha256 of ensemble.json), its member locations must be absolute
+    or URIs without traversal, and each member's manifest must be the one the weights were fitted for. Its JSON has
+    ranking and rating weights; the ingress has one weights dict, so the ranking weights fuse every route.
+    """
+    if args.ensemble_artifact is None:
+        return args
+    from lmrec.strategies.ensemble_artifact import load_ensemble_artifact
+
+    ens = load_ensemble_artifact(args.ensemble_artifact)
+    served = set(EnsembleWeights.model_fields)
+    if "two_tower" not in ens.members or not set(ens.members) <= served:
+        raise ValueError(f"{args.ensemble_artifact}: members {sorted(ens.members)}; Serve needs two_tower and "
+                         f"fuses only {', '.join(sorted(served))}")
+    return ServeAppArgs(
+        two_tower_artifact=ens.members["two_tower"], mf_artifact=ens.members.get("mf"),
+        weights=EnsembleWeights(**{m: ens.weights.get(m, 0.0) for m in served}),
+        max_body_bytes=args.max_body_bytes, liked_threshold=args.liked_threshold,
+    )
 
 
 def check_artifacts(args: ServeAppArgs) -> None:
@@ -71,7 +111,7 @@ def build_app(args: ServeAppArgs):
     from lmrec.serving.scorers import MFScorer, TwoTowerScorer
     from lmrec.storage import normalize
 
-    args = ServeAppArgs.model_validate(args) if not isinstance(args, ServeAppArgs) else args
+    args = resolve_ensemble(ServeAppArgs.model_validate(args) if not isinstance(args, ServeAppArgs) else args)
     check_artifacts(args)
     tt_config = {"artifact_dir": normalize(args.two_tower_artifact)}
     two_tower = TwoTowerScorer.options(user_config=tt_config).bind()
@@ -149,7 +189,7 @@ def build_bare_app(args: ServeAppArgs):
     from lmrec.serving.members import MFMember, TwoTowerMember
     from lmrec.serving.catalog import ItemCatalogCore
 
-    args = ServeAppArgs.model_validate(args) if not isinstance(args, ServeAppArgs) else args
+    args = resolve_ensemble(ServeAppArgs.model_validate(args) if not isinstance(args, ServeAppArgs) else args)
     check_artifacts(args)
     mf = LocalHandle(_LocalMember(MFMember(args.mf_artifact))) if args.mf_artifact else None
     router = EnsembleRouter(

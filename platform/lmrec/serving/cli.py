@@ -51,7 +51,7 @@ def _absolute_artifacts(raw: dict, base: Path) -> dict:
     out = copy.deepcopy(raw)
     for app in out.get("applications", []):
         args = app.get("args") or {}
-        for key in ("two_tower_artifact", "mf_artifact"):
+        for key in ("two_tower_artifact", "mf_artifact", "ensemble_artifact"):
             if isinstance(args.get(key), str) and not is_uri(args[key]):
                 args[key] = str((base / args[key]).resolve())
         for d in app.get("deployments", []):

@@ -52,6 +52,48 @@ class MFArtifact:
         lo, hi = int(self.seen_indptr[user_idx]), int(self.seen_indptr[user_idx + 1])
         return self.seen_items[lo:hi], self.seen_ratings[lo:hi]
 
+    @property
+    def recommender(self) -> "MFRecommender":
+        """``Recommender`` view of the arrays (what the ensemble job fits fusion weights with)."""
+        return MFRecommender(self)
+
+
+class MFRecommender:
+    """``lmrec.models.base.Recommender`` over an MF artifact: the numbers ``BiasedMF`` gave before export.
+
+    ``predict`` clamps to the range of the training ratings, as ``BiasedMF.predict`` does (the artifact holds those
+    ratings); ``score_items`` is unclamped, the scores Serve's MF member ranks by.
+    """
+
+    name = "mf"
+    rates = True
+
+    def __init__(self, art: MFArtifact) -> None:
+        self.art = art
+        r = art.seen_ratings
+        self.rating_range = (float(r.min()), float(r.max())) if len(r) else (-np.inf, np.inf)
+
+    def fit(self, train: pd.DataFrame, n_users: int, n_items: int) -> "MFRecommender":
+        """The artifact is trained already: only checks that ``train`` lives in its index space."""
+        if (n_users, n_items) != (len(self.art.user_ids), len(self.art.item_ids)):
+            raise ValueError(f"MF artifact has {len(self.art.user_ids)} users x {len(self.art.item_ids)} items, "
+                             f"got {n_users} x {n_items}")
+        return self
+
+    def predict(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
+        a = self.art
+        u, i = np.asarray(user_idx, dtype=np.int64), np.asarray(item_idx, dtype=np.int64)
+        dot = (a.user_factors[u].astype(np.float64) * a.item_factors[i]).sum(axis=1)
+        est = a.global_mean + a.user_bias[u].astype(np.float64) + a.item_bias[i] + dot
+        return np.clip(est, *self.rating_range).astype(np.float32)
+
+    def score_items(self, user_idx: np.ndarray) -> np.ndarray:
+        a = self.art
+        u = np.asarray(user_idx, dtype=np.int64)
+        scores = a.user_factors[u].astype(np.float64) @ a.item_factors.T.astype(np.float64)
+        return (scores + a.item_bias[None, :] + (a.global_mean + a.user_bias[u].astype(np.float64))[:, None]
+                ).astype(np.float32)
+
 
 def _files(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)

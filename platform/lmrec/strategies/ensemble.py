@@ -147,8 +147,13 @@ class FusedEnsemble:
         return self.weights
 
     def save_weights(self, path: str | Path, *, artifacts: dict[str, str] | None = None,
-                     metrics: dict[str, float] | None = None) -> Path:
-        """Write the weights JSON Serve reads (``weights`` maps member name -> weight, as in ``EnsembleWeights``)."""
+                     metrics: dict[str, float] | None = None,
+                     artifact_sha256: dict[str, str] | None = None) -> Path:
+        """Write the weights JSON Serve reads (``weights`` maps member name -> weight, as in ``EnsembleWeights``).
+
+        ``artifacts`` maps member name -> artifact location; ``artifact_sha256`` member name -> sha256 of that
+        artifact's manifest.json, which pins the exact members the weights were fitted for.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         doc = {
@@ -157,6 +162,7 @@ class FusedEnsemble:
             "weights": self.weights,
             "rating_weights": self.rating_weights,
             "artifacts": artifacts or {},
+            "artifact_sha256": artifact_sha256 or {},
             "metrics": {k: float(v) for k, v in (metrics or {}).items()},
             "validation": self.validation,
         }
