@@ -12,7 +12,8 @@ split. Scenarios, each bounded in time and request count:
 - rate sweep: open loop on /recommend at rising rates (the same for both targets); a rate is *sustained* when no
   request fails and the target keeps up (the backlog drains within 1 s of the last arrival); the highest
   sustained rate and its p99;
-- autoscaling: Serve only, a load step from 1 to 16 clients and back to 1; replica counts sampled every second
+- autoscaling: Serve only, a load step from quiet traffic (open loop at 5% of the bare app's closed-loop
+  throughput) to 16 closed-loop clients and back; replica counts sampled every second
   (run first), with a short ``downscale_delay_s`` so the scale-down shows within the run.
 Serve runs in its high-throughput mode by default (``--serve-mode``: HAProxy in front of the ingress replicas;
 ``lmrec.serving.cli.high_throughput_env``). The machine is shared: ``os.getloadavg()`` is recorded at start and
@@ -37,6 +38,7 @@ from common import RESULTS, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "runs" / "serve-bench"
+QUIET_FRACTION = 0.05  # quiet traffic around the autoscaling load step, of the bare closed-loop throughput
 OPEN_LOOP_FRACTION = 0.2  # open-loop offered load, as a fraction of the bare app's closed-loop throughput
 
 
@@ -203,8 +205,10 @@ def rate_sweep(base: str, user_ids: list, item_ids: list, rates: list[float], se
             f"max_rps_with_p99_le_{P99_TARGET_MS:g}ms": fast["offered_rps"] if fast else None}
 
 
-def autoscaling_step(base: str, user_ids: list, item_ids: list, app: str) -> dict:
-    """Serve only: 1 client for 10 s, 16 clients for 40 s, 1 client for 40 s; replica counts every second."""
+def autoscaling_step(base: str, user_ids: list, item_ids: list, app: str, low_rps: float) -> dict:
+    """Serve only: quiet traffic (open loop at ``low_rps``) for 10 s, 16 closed-loop clients for 40 s, quiet traffic
+    for 40 s; replica counts every second. (One closed-loop client is not quiet: it sends the next request as soon
+    as the last answers, ~40% of an ingress replica's capacity here.)"""
     from ray import serve
 
     samples, stop = [], {"flag": False}
@@ -221,10 +225,10 @@ def autoscaling_step(base: str, user_ids: list, item_ids: list, app: str) -> dic
     async def run():
         task = asyncio.create_task(sampler())
         bodies = request_bodies("/recommend", user_ids, item_ids, random.Random(1))
-        low = await closed_loop(base, "/recommend", bodies, 1, 10, 100000)
+        low = await open_loop(base, "/recommend", bodies, low_rps, 10, 100000)
         high = await closed_loop(base, "/recommend", bodies, 16, 40, 100000)
         t_end = round(time.perf_counter() - t0, 1)
-        after = await closed_loop(base, "/recommend", bodies, 1, 40, 100000)
+        after = await open_loop(base, "/recommend", bodies, low_rps, 40, 100000)
         stop["flag"] = True
         await task
         return low, high, after, t_end
@@ -232,7 +236,7 @@ def autoscaling_step(base: str, user_ids: list, item_ids: list, app: str) -> dic
     low, high, after, t_end = asyncio.run(run())
     peak = max(s.get("EnsembleIngress", 0) for s in samples)
     final = samples[-1].get("EnsembleIngress", 0)
-    return {"step_at_s": 10, "step_end_s": t_end, "low": low, "high": high, "after": after, "replicas": samples,
+    return {"step_at_s": 10, "step_end_s": t_end, "low_rps": low_rps, "low": low, "high": high, "after": after, "replicas": samples,
             "ingress_replicas": {"start": samples[0].get("EnsembleIngress"), "peak": peak, "end": final},
             "scaled_up": peak > samples[0].get("EnsembleIngress", 0), "scaled_down": final < peak}
 
@@ -343,7 +347,7 @@ def main() -> int:
         result["serve_start_s"] = round(time.perf_counter() - start, 1)
         base = "http://127.0.0.1:8313"
         # the load step first, from the minimum replica counts (later overload would leave replicas scaled up)
-        result["autoscaling"] = autoscaling_step(base, users, items, app["name"])
+        result["autoscaling"] = autoscaling_step(base, users, items, app["name"], QUIET_FRACTION * bare_rps)
         result["serve"] = run_scenarios(base, users, items, args.seconds, rates)
         result["open_loop_rps"] = rates
         result["sweep_serve"] = rate_sweep(base, users, items, sweep_rates, args.sweep_seconds)
