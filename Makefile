@@ -42,7 +42,8 @@ test-heavy: setup
 	$(BIN)/python -m pytest -q -m heavy
 
 # two Ray nodes (separate `ray start` processes on loopback), a training job through the Jobs API, the worker node
-# killed after the first checkpoint and replaced: the job resumes and matches an uninterrupted run
+# killed after the first checkpoint and replaced: the job resumes and matches an uninterrupted run (val RMSE/MAE
+# within 0.03; about 6 min; CI runs it)
 cluster-smoke: setup
 	LMREC_MULTINODE=1 $(BIN)/python -m pytest -q -s tests/integration/test_multinode.py
 
