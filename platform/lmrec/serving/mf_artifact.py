@@ -61,17 +61,26 @@ class MFArtifact:
 class MFRecommender:
     """``lmrec.models.base.Recommender`` over an MF artifact: the numbers ``BiasedMF`` gave before export.
 
-    ``predict`` clamps to the range of the training ratings, as ``BiasedMF.predict`` does (the artifact holds those
-    ratings); ``score_items`` is unclamped, the scores Serve's MF member ranks by.
+    Scoring is ``BiasedMF``'s own (``predict`` clamps to the training ratings' range, ``score_items`` does not),
+    run on the artifact's arrays; ``fit`` never retrains, it only checks the index space.
     """
 
     name = "mf"
     rates = True
 
     def __init__(self, art: MFArtifact) -> None:
+        from lmrec.models.baselines.mf import BiasedMF
+
         self.art = art
+        mf = BiasedMF(dim=art.user_factors.shape[1])
         r = art.seen_ratings
-        self.rating_range = (float(r.min()), float(r.max())) if len(r) else (-np.inf, np.inf)
+        mf.mean_ = float(art.global_mean)
+        mf.rating_range_ = (float(r.min()), float(r.max())) if len(r) else (-np.inf, np.inf)
+        mf.user_seen_ = np.diff(art.seen_indptr) > 0
+        mf.item_seen_ = np.bincount(art.seen_items, minlength=len(art.item_ids)) > 0
+        mf.user_factors_, mf.item_factors_ = art.user_factors, art.item_factors
+        mf.user_bias_, mf.item_bias_ = art.user_bias, art.item_bias
+        self._mf = mf
 
     def fit(self, train: pd.DataFrame, n_users: int, n_items: int) -> "MFRecommender":
         """The artifact is trained already: only checks that ``train`` lives in its index space."""
@@ -81,18 +90,10 @@ class MFRecommender:
         return self
 
     def predict(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
-        a = self.art
-        u, i = np.asarray(user_idx, dtype=np.int64), np.asarray(item_idx, dtype=np.int64)
-        dot = (a.user_factors[u].astype(np.float64) * a.item_factors[i]).sum(axis=1)
-        est = a.global_mean + a.user_bias[u].astype(np.float64) + a.item_bias[i] + dot
-        return np.clip(est, *self.rating_range).astype(np.float32)
+        return self._mf.predict(user_idx, item_idx)
 
     def score_items(self, user_idx: np.ndarray) -> np.ndarray:
-        a = self.art
-        u = np.asarray(user_idx, dtype=np.int64)
-        scores = a.user_factors[u].astype(np.float64) @ a.item_factors.T.astype(np.float64)
-        return (scores + a.item_bias[None, :] + (a.global_mean + a.user_bias[u].astype(np.float64))[:, None]
-                ).astype(np.float32)
+        return self._mf.score_items(user_idx)
 
 
 def _files(root: Path) -> list[str]:
