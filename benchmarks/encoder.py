@@ -40,8 +40,10 @@ def _spec(overrides: dict) -> TrainSpec:
 
 
 # Ranking runs select the epoch by validation NDCG and lean on the softmax click task (FINDINGS: the objective
-# decides cold-start quality); the encoder stays frozen there to keep CPU time bounded.
-RANKING = {"early_stopping.metric": "val_ndcg@10", "early_stopping.mode": "max", "tasks.click.weight": 1.0,
+# decides cold-start quality), with the interest score's popularity term (model.interest_bias: a ridge fit of log
+# popularity on the item text, so a held-out item is ranked with a text-based popularity prior); the encoder stays
+# frozen there to keep CPU time bounded.
+RANKING = {"model.interest_bias": True, "early_stopping.metric": "val_ndcg@10", "early_stopping.mode": "max", "tasks.click.weight": 1.0,
            "tasks.click.max_rows": 1024, "tasks.related.max_rows": 1024, "tasks.rating.weight": 0.0,
            "optim.items_encoded_per_step": 0, "optim.lr_encoder": 0.0, "optim.batch_size": 2048,
            "optim.lr_heads": 0.005, "optim.lr_schedule": "cosine", "optim.epochs": 8, "early_stopping.patience": 2}

@@ -179,30 +179,81 @@ def run_scenarios(base: str, user_ids: list, item_ids: list, seconds: float, ope
 
 
 # of the bare closed-loop /recommend throughput; up to 1.0 so that the bare app's own limit is found too
-SWEEP_FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+SWEEP_FRACTIONS = (0.1, 0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
+SWEEP_REPLICAS = 2  # ingress and two-tower replicas during the scenarios and the sweep (the load step's peak)
 P99_TARGET_MS = 50.0
 
 
-def rate_sweep(base: str, user_ids: list, item_ids: list, rates: list[float], seconds: float) -> dict:
-    """Open loop on /recommend at each rate; stops after two rates in a row that are not sustained."""
+def _window_ok(r: dict, seconds: float) -> dict:
+    """Flags of one open-loop window: ``drained`` = nothing failed and the backlog drained within a second of the
+    last arrival (completed/offered is too noisy a test: Poisson arrivals over a few seconds already vary by ~10%);
+    ``within_slo`` = drained and p99 within the service's target."""
+    drained = r["errors"] == 0 and r["seconds"] <= seconds + 1.0
+    return {"drained": drained, "within_slo": drained and r["p99_ms"] is not None and r["p99_ms"] <= P99_TARGET_MS}
+
+
+def rate_sweep(base: str, user_ids: list, item_ids: list, rates: list[float], seconds: float,
+               repeats: int = 3) -> dict:
+    """Open loop on /recommend at each rising rate, ``repeats`` windows of ``seconds`` a rate, decided by majority.
+
+    A rate is *sustained* when most windows meet the service objective: no failed request, the backlog drains
+    within 1 s of the last arrival and p99 <= 50 ms. (A rate that merely drains an 8 s window with a p99 of
+    0.5-1 s is at saturation: held for minutes its backlog grows into timeouts.) On a 2-core machine shared by the
+    load generator and the service, one window in a few has a p99 spike from a scheduling stall that says nothing
+    about the rate, so one window does not decide: the majority does, with the same rule for both targets. The
+    windows stop once the majority is settled; the sweep stops after two rates in a row that are not sustained.
+    """
     bodies = request_bodies("/recommend", user_ids, item_ids, random.Random(2))
-    points, misses = [], 0
+    points, misses, need = [], 0, repeats // 2 + 1
     for rate in rates:
-        r = asyncio.run(open_loop(base, "/recommend", bodies, rate, seconds, 100000))
-        # kept up = the backlog drained within a second of the last arrival (completed/offered is too noisy a
-        # test: Poisson arrivals over a few seconds already vary by ~10%)
-        r["sustained"] = r["errors"] == 0 and r["seconds"] <= seconds + 1.0
-        points.append(r)
-        print("sweep", json.dumps(r), flush=True)
-        misses = 0 if r["sustained"] else misses + 1
+        windows = []
+        while len(windows) < repeats:
+            r = asyncio.run(open_loop(base, "/recommend", bodies, rate, seconds, 100000))
+            windows.append(r | _window_ok(r, seconds))
+            good = sum(w["within_slo"] for w in windows)
+            if good >= need or len(windows) - good >= need:
+                break
+        p99s = [w["p99_ms"] for w in windows if w["p99_ms"] is not None]
+        point = {"offered_rps": rate, "windows": windows,
+                 "throughput_rps": round(float(np.median([w["throughput_rps"] for w in windows])), 1),
+                 "p99_ms_median": round(float(np.median(p99s)), 2) if p99s else None,
+                 "drained": sum(w["drained"] for w in windows) >= need,
+                 "sustained": sum(w["within_slo"] for w in windows) >= need}
+        points.append(point)
+        print("sweep", json.dumps({k: v for k, v in point.items() if k != "windows"}), flush=True)
+        misses = 0 if point["sustained"] else misses + 1
         if misses == 2:
             break
     best = max((p for p in points if p["sustained"]), key=lambda p: p["offered_rps"], default=None)
-    fast = max((p for p in points if p["sustained"] and p["p99_ms"] <= P99_TARGET_MS),
-               key=lambda p: p["offered_rps"], default=None)
-    return {"points": points,
-            "max_sustained_rps": best["offered_rps"] if best else None, "p99_ms_at_max": best["p99_ms"] if best else None,
-            f"max_rps_with_p99_le_{P99_TARGET_MS:g}ms": fast["offered_rps"] if fast else None}
+    draining = max((p for p in points if p["drained"]), key=lambda p: p["offered_rps"], default=None)
+    return {"points": points, "p99_target_ms": P99_TARGET_MS, "windows_per_rate": repeats,
+            "window_seconds": seconds,
+            "max_sustained_rps": best["offered_rps"] if best else None,
+            "p99_ms_at_max": best["p99_ms_median"] if best else None,
+            "max_draining_rps_tried": draining["offered_rps"] if draining else None}
+
+
+def serve_config(port: int, app_args: dict, replicas: int | None = None, autoscaling: dict | None = None,
+                 health_check_period_s: float | None = None) -> dict:
+    """serve/recommender.yaml with the benchmark's artifacts and port. ``replicas``: fixed counts for the ingress
+    and the two-tower scorer (no autoscaling, so no replica start lands inside a measurement window);
+    ``autoscaling``: overrides of their ``autoscaling_config`` instead."""
+    import yaml
+
+    raw = yaml.safe_load((REPO / "serve" / "recommender.yaml").read_text())
+    raw["http_options"]["port"] = port
+    app = raw["applications"][0]
+    app["args"].update(app_args)
+    for d in app["deployments"]:
+        if d["name"] in ("EnsembleIngress", "TwoTowerScorer"):
+            if replicas is not None:
+                d.pop("autoscaling_config", None)
+                d["num_replicas"] = replicas
+            elif autoscaling:
+                d["autoscaling_config"].update(autoscaling)
+        if health_check_period_s is not None and d["name"] != "ItemCatalog":
+            d["health_check_period_s"] = health_check_period_s
+    return raw
 
 
 def autoscaling_step(base: str, user_ids: list, item_ids: list, app: str, low_rps: float) -> dict:
@@ -312,24 +363,22 @@ def main() -> int:
         bare.terminate()
         bare.wait(30)
 
-    # 2. Ray Serve from the committed config, max replicas sized for 2 cores
+    # 2. Ray Serve from the committed config
     import ray
-    import yaml
     from ray import serve
 
     from lmrec.serving.cli import deploy_config, high_throughput_env, load_serve_config
 
-    raw = yaml.safe_load((REPO / "serve" / "recommender.yaml").read_text())
-    raw["http_options"]["port"] = 8313
-    app = raw["applications"][0]
-    app["args"].update(app_args)
-    for d in app["deployments"]:
-        if d["name"] in ("EnsembleIngress", "TwoTowerScorer"):
-            # short delays so the run shows the scale-down after the load step (the file keeps 60 s)
-            d["autoscaling_config"].update(max_replicas=3, upscale_delay_s=3, downscale_delay_s=5,
-                                           metrics_interval_s=1, look_back_period_s=5)
-    result["autoscaling_configs"] = {d["name"]: d["autoscaling_config"] for d in app["deployments"]
-                                     if "autoscaling_config" in d}
+    base, serve_port = "http://127.0.0.1:8313", 8313
+    # the load step: short delays so the run shows the scale-down after it (the file keeps 60 s)
+    autoscaled = serve_config(serve_port, app_args, autoscaling={
+        "max_replicas": 3, "upscale_delay_s": 3, "downscale_delay_s": 5, "metrics_interval_s": 1,
+        "look_back_period_s": 5})
+    app_name = autoscaled["applications"][0]["name"]
+    result["autoscaling_configs"] = {d["name"]: d["autoscaling_config"]
+                                     for d in autoscaled["applications"][0]["deployments"] if "autoscaling_config" in d}
+    # scenarios and the sweep: the replica count the load step scales to, fixed
+    result["measured_replicas"] = SWEEP_REPLICAS
     if args.serve_mode == "high-throughput":  # read by the controller, proxy and replicas (they inherit it)
         import tempfile
 
@@ -343,11 +392,12 @@ def main() -> int:
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, namespace="serve", log_to_driver=False)
     try:
         start = time.perf_counter()
-        deploy_config(load_serve_config(raw))
+        deploy_config(load_serve_config(autoscaled))
         result["serve_start_s"] = round(time.perf_counter() - start, 1)
-        base = "http://127.0.0.1:8313"
-        # the load step first, from the minimum replica counts (later overload would leave replicas scaled up)
-        result["autoscaling"] = autoscaling_step(base, users, items, app["name"], QUIET_FRACTION * bare_rps)
+        # the load step first, from the minimum replica counts
+        result["autoscaling"] = autoscaling_step(base, users, items, app_name, QUIET_FRACTION * bare_rps)
+        serve.delete(app_name)
+        deploy_config(load_serve_config(serve_config(serve_port, app_args, replicas=SWEEP_REPLICAS)))
         result["serve"] = run_scenarios(base, users, items, args.seconds, rates)
         result["open_loop_rps"] = rates
         result["sweep_serve"] = rate_sweep(base, users, items, sweep_rates, args.sweep_seconds)
@@ -363,6 +413,9 @@ def main() -> int:
     sb, ss = result["sweep_bare"], result["sweep_serve"]
     ratio = (ss["max_sustained_rps"] or 0) / sb["max_sustained_rps"] if sb["max_sustained_rps"] else None
     result["acceptance"] = {
+        "sustained": f"majority of {ss['windows_per_rate']} open-loop windows of {ss['window_seconds']:g} s: no "
+                     f"error, backlog drained within 1 s, p99 <= {P99_TARGET_MS:g} ms",
+        "serve_max_draining_rps": ss["max_draining_rps_tried"], "bare_max_draining_rps": sb["max_draining_rps_tried"],
         "serve_max_sustained_rps": ss["max_sustained_rps"], "serve_p99_ms_at_max": ss["p99_ms_at_max"],
         "bare_max_sustained_rps": sb["max_sustained_rps"], "bare_p99_ms_at_max": sb["p99_ms_at_max"],
         "rate_ratio": round(ratio, 2) if ratio is not None else None,

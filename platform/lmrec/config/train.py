@@ -47,6 +47,12 @@ class ModelSpec(StrictModel):
     user_tower: Literal["mean", "attention"] = Field("mean", description="Pooling over the user's history items.")
     user_text: bool = Field(False, description="Add a projection of the encoded user text to the user tower.")
     max_history: int = Field(256, ge=1, description="Most recent history items pooled per user.")
+    interest_bias: bool = Field(
+        False,
+        description="Add a per-item term to the interest score: item popularity. Its text part is a ridge fit of "
+        "log popularity on the item text (fixed; an unseen item is ranked with it), its item-ID part the seen items' "
+        "residual, trained by the click softmax.",
+    )
     rating_user: Literal["id", "tower"] = Field(
         "id", description="User factor of the rating head: ID (+ user text) part only, or the whole user tower."
     )

@@ -71,6 +71,7 @@ def model_args(model: TwoTowerModel) -> dict:
         "max_history": model.max_history,
         "ranking_head": model.ranking_head,
         "rating_user": model.rating_user,
+        "interest_bias": model.interest_bias,
         "pooling": model.encoder.pooling,
     }
 

@@ -116,7 +116,7 @@ class ClickTask:
             keep = (_rand(model.n_items, ctx) >= self.id_dropout).float()
         cand = model.interest(model.item_tower.combine(ctx.item_text_vec, keep) if keep is not None else ctx.item_vec)
         user = model.interest(ctx.user_vec[pos])
-        logits = (user @ cand.T).float() / self.temperature
+        logits = (user @ cand.T + model.interest_biases(ctx.text, keep)[None, :]).float() / self.temperature
         # never-seen items are no negatives: the model would learn "texts like these are never consumed"
         logits = logits.masked_fill(~model.item_tower.seen[None, :], float("-inf"))
         target = ctx.item_idx[pos]

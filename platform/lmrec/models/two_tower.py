@@ -5,7 +5,9 @@ Scores:
   the item text (so an unseen item still gets a text-based bias) and ``p_u`` is the user-ID (+ user-text) part of
   the user tower (``rating_user="id"``, biased-MF-like: pooling history vectors into the rating made it overfit on
   ML-100K) or the whole user tower (``rating_user="tower"``);
-- interest head: cosine of a shared projection of both vectors; used to rank items (``score_items``).
+- interest head: cosine of a shared projection of both vectors (+ an optional per-item term, ``interest_bias``:
+  gated item-ID bias + text read-out, so an unseen item keeps a text-based popularity prior); used to rank items
+  (``score_items``).
 
 The model carries, as buffers, the cached pooled text of every item (``item_text``), the users' training
 histories (``history``) and the item-seen gate, so a saved state dict is enough to serve.
@@ -62,6 +64,7 @@ class TwoTowerModel(nn.Module):
         max_history: int = 256,
         ranking_head: RankingHead = "interest",
         rating_user: RatingUser = "id",
+        interest_bias: bool = False,
     ) -> None:
         super().__init__()
         hidden = encoder.hidden_size
@@ -84,6 +87,15 @@ class TwoTowerModel(nn.Module):
         nn.init.zeros_(self.text_bias.weight)
         # interest head
         self.interest_proj = nn.Linear(dim, dim)
+        self.interest_bias = interest_bias
+        if interest_bias:
+            self.interest_item_bias = nn.Embedding(n_items, 1)
+            nn.init.zeros_(self.interest_item_bias.weight)
+            # the text read-out is a closed-form fit (init_interest_biases), never moved by the optimizer: Adam's
+            # per-weight steps on 384 tiny ridge coefficients wiped the prior out within an epoch
+            self.interest_text_bias = nn.Linear(hidden, 1).requires_grad_(False)
+            nn.init.zeros_(self.interest_text_bias.weight)
+            nn.init.zeros_(self.interest_text_bias.bias)
         self.register_buffer("global_mean", torch.zeros(()))
         # (min, max) of training ratings; predictions are clamped to it (+-inf = no clamp until set from data)
         self.register_buffer("rating_range", torch.tensor([float("-inf"), float("inf")]))
@@ -115,6 +127,50 @@ class TwoTowerModel(nn.Module):
     def item_biases(self, text_table: torch.Tensor) -> torch.Tensor:
         gate = self.item_tower.seen.to(text_table.dtype)
         return gate * self.item_bias.weight[:, 0] + self.text_bias(text_table)[:, 0]
+
+    def interest_biases(self, text_table: torch.Tensor, id_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """[n_items] additive term of the interest score (cosine units): the item-ID part, gated off for unseen
+        items (and for items whose ID is dropped, ``id_keep`` = 0), plus the text read-out; zeros without
+        ``interest_bias``."""
+        if not self.interest_bias:
+            return text_table.new_zeros(self.n_items)
+        gate = self.item_tower.seen.to(text_table.dtype)
+        if id_keep is not None:
+            gate = gate * id_keep.to(gate.dtype)
+        return gate * self.interest_item_bias.weight[:, 0] + self.interest_text_bias(text_table)[:, 0]
+
+    @torch.no_grad()
+    def init_interest_biases(self, item_idx: np.ndarray, scale: float) -> dict[str, float]:
+        """Start the interest biases at item popularity, which a few hundred steps cannot learn from zero.
+
+        A softmax over items converges to a per-item term of log frequency (+ a constant); scores are divided by
+        the click temperature, so the target is ``scale · log(1 + count)`` (``scale`` = that temperature), centred
+        over the items seen in ``item_idx``. The text read-out starts at the ridge fit of that target on the cached
+        item text (alpha by leave-one-out over the seen items) — the popularity prior an unseen item gets, kept
+        fixed — and the ID part at each seen item's residual, which training moves on. Returns the fit's
+        diagnostics."""
+        from sklearn.linear_model import RidgeCV
+
+        count = np.bincount(np.asarray(item_idx, dtype=np.int64), minlength=self.n_items)
+        seen = count > 0
+        if not self.interest_bias or seen.sum() < 2:
+            return {}
+        target = scale * np.log1p(count.astype(np.float64))
+        target -= target[seen].mean()
+        x = self.item_text.float().cpu().numpy().astype(np.float64)
+        fit = RidgeCV(alphas=np.logspace(-2, 3, 11)).fit(x[seen], target[seen])
+        dtype = self.interest_text_bias.weight.dtype
+        self.interest_text_bias.weight.copy_(torch.as_tensor(fit.coef_[None, :], dtype=dtype))
+        self.interest_text_bias.bias.fill_(float(fit.intercept_))
+        residual = np.where(seen, target - fit.predict(x), 0.0)
+        self.interest_item_bias.weight.copy_(torch.as_tensor(residual[:, None], dtype=dtype))
+        return {"alpha": float(fit.alpha_), "r2_seen": float(fit.score(x[seen], target[seen]))}
+
+    def interest_text_biases(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The text part of ``interest_biases`` for pooled encoder outputs [n, hidden] (new items)."""
+        if not self.interest_bias:
+            return hidden.new_zeros(hidden.shape[0])
+        return self.interest_text_bias(hidden)[:, 0]
 
     def user_vectors(
         self,
@@ -186,6 +242,7 @@ class TwoTowerModel(nn.Module):
             "item_vectors": item_vec,
             "item_bias": self.item_biases(text),
             "item_interest": self.interest(item_vec),
+            "item_interest_bias": self.interest_biases(text),
             "user_interest": self.interest(user_vec),
         }
 
@@ -225,7 +282,8 @@ class TwoTowerRecommender:
         t = self.tables
         u = torch.as_tensor(np.asarray(user_idx), dtype=torch.long)
         if self.model.ranking_head == "interest":
-            return (t["user_interest"][u] @ t["item_interest"].T).numpy().astype(np.float32)
+            scores = t["user_interest"][u] @ t["item_interest"].T + t["item_interest_bias"][None, :]
+            return scores.numpy().astype(np.float32)
         scores = t["user_vectors"][u] @ t["item_vectors"].T + t["item_bias"][None, :]
         return scores.numpy().astype(np.float32)
 

@@ -44,6 +44,9 @@ class TwoTowerMember:
         self.item_vec = t["item_vectors"].numpy()
         self.item_bias = t["item_bias"].numpy()
         self.item_interest = t["item_interest"].numpy()
+        # per-item term of the interest score (artifacts from before ``model.interest_bias`` have none)
+        self.item_interest_bias = (t["item_interest_bias"].numpy() if "item_interest_bias" in t
+                                   else np.zeros(len(self.item_interest), np.float32))
         self.user_vec = t["user_vectors"].numpy()
         self.user_interest = t["user_interest"].numpy()
         self.user_bias = self.model.user_bias.weight[:, 0].detach().numpy()
@@ -58,35 +61,37 @@ class TwoTowerMember:
                                           "hidden": self.model.encoder.hidden_size}
         indptr, seen = csr_from_padded(self.history)
         vec = (self.user_interest, self.item_interest) if self.interest_head else (self.user_vec, self.item_vec)
-        const = np.zeros(len(self.item_ids), np.float32) if self.interest_head else self.item_bias
+        const = self.item_interest_bias if self.interest_head else self.item_bias
         self.table = ScoreTable(self.sha256, list(art.user_ids), self.item_ids, vec[0], vec[1], const, None,
                                 indptr, seen)
 
     # ---- new items (text tower only) ----
     @torch.no_grad()
     def project(self, hidden: np.ndarray) -> dict[str, np.ndarray]:
-        """Text-only item vectors, biases and interest vectors of encoder outputs [n, hidden]."""
+        """Text-only item vectors, biases, interest vectors and interest biases of encoder outputs [n, hidden]."""
         h = torch.as_tensor(np.asarray(hidden, dtype=np.float32)).reshape(-1, self.info["hidden"])
         vec = self.model.item_tower.text_proj(h)
         return {"vec": vec.numpy(), "bias": self.model.text_bias(h)[:, 0].numpy(),
-                "interest": self.model.interest(vec).numpy()}
+                "interest": self.model.interest(vec).numpy(),
+                "interest_bias": self.model.interest_text_biases(h).numpy()}
 
     def _tables(self, extra_hidden: np.ndarray | None, encoder_sha: str | None) -> tuple[np.ndarray, ...]:
-        """(item vectors, biases, interest vectors) of artifact items followed by the new items."""
+        """(item vectors, biases, interest vectors, interest biases) of artifact items followed by the new items."""
         if extra_hidden is None or len(extra_hidden) == 0:
-            return self.item_vec, self.item_bias, self.item_interest
+            return self.item_vec, self.item_bias, self.item_interest, self.item_interest_bias
         self.check_encoder(encoder_sha)
         p = self.project(extra_hidden)
         return (np.concatenate([self.item_vec, p["vec"]]), np.concatenate([self.item_bias, p["bias"]]),
-                np.concatenate([self.item_interest, p["interest"]]))
+                np.concatenate([self.item_interest, p["interest"]]),
+                np.concatenate([self.item_interest_bias, p["interest_bias"]]))
 
     def check_encoder(self, encoder_sha: str | None) -> None:
         if encoder_sha != self.sha256:
             raise VersionSkew(f"encoder outputs from artifact {str(encoder_sha)[:12]}, member is {self.sha256[:12]}")
 
     def _rank(self, vec, interest, tables) -> np.ndarray:
-        item_vec, item_bias, item_interest = tables
-        return item_interest @ interest if self.interest_head else item_vec @ vec + item_bias
+        item_vec, item_bias, item_interest, interest_bias = tables
+        return item_interest @ interest + interest_bias if self.interest_head else item_vec @ vec + item_bias
 
     # ---- requests ----
     def user_scores(self, user_id, extra_hidden=None, encoder_sha=None) -> dict | None:
@@ -97,7 +102,8 @@ class TwoTowerMember:
         self.check_encoder(encoder_sha)
         p = self.project(extra_hidden)
         u = self.users.index(user_id)
-        extra = self._rank(self.user_vec[u], self.user_interest[u], (p["vec"], p["bias"], p["interest"]))
+        extra = self._rank(self.user_vec[u], self.user_interest[u],
+                           (p["vec"], p["bias"], p["interest"], p["interest_bias"]))
         return out | {"scores": np.concatenate([out["scores"], extra])}
 
     def predict(self, user_id, item_idx: np.ndarray, extra_hidden=None, encoder_sha=None) -> dict:
@@ -105,7 +111,7 @@ class TwoTowerMember:
         u = self.users.index(user_id)
         if u is None:
             return {"sha256": self.sha256, "ratings": None}
-        item_vec, item_bias, _ = self._tables(extra_hidden, encoder_sha)
+        item_vec, item_bias, _, _ = self._tables(extra_hidden, encoder_sha)
         i = np.asarray(item_idx, dtype=np.int64)
         return {"sha256": self.sha256,
                 "ratings": self.global_mean + self.user_bias[u] + item_bias[i] + item_vec[i] @ self.user_vec[u]}

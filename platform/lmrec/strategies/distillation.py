@@ -57,7 +57,8 @@ class Teacher:
 
         def score_fn(u: torch.Tensor) -> torch.Tensor:
             if interest:
-                return t["user_interest"][u] @ t["item_interest"].T
+                bias = t["item_interest_bias"][None, :] if "item_interest_bias" in t else 0.0
+                return t["user_interest"][u] @ t["item_interest"].T + bias
             return t["user_vectors"][u] @ t["item_vectors"].T + t["item_bias"][None, :]
 
         return cls(rating_fn, score_fn, n_users, n_items, 1.0 / temperature if interest else 1.0)
@@ -129,7 +130,8 @@ class DistillationTask:
             # one row per distinct user (rows of one user share the user vector up to the left-out item)
             users, first = np.unique(ctx.user_idx.cpu().numpy(), return_index=True)
             rows = torch.as_tensor(first[: self.max_users], device=ctx.user_vec.device)
-            student = model.interest(ctx.user_vec[rows]) @ ctx.item_interest(model).T / self.student_temperature
+            student = model.interest(ctx.user_vec[rows]) @ ctx.item_interest(model).T
+            student = (student + model.interest_biases(ctx.text)[None, :]) / self.student_temperature
             teacher = self.teacher.item_logits(ctx.user_idx[rows]).to(student.device)
             kl = kd_kl(student, teacher, self.temperature, model.item_tower.seen)
             total = total + self.scores_weight * kl

@@ -51,7 +51,8 @@ CURRENT = "CURRENT"
 REPORT = "incremental.json"
 # State-dict entries with one row per user / per item: they grow when the id space grows.
 USER_ROWS = ("user_bias.weight", "user_tower.id_embedding.weight", "user_text", "history")
-ITEM_ROWS = ("item_bias.weight", "item_tower.id_embedding.weight", "item_tower.seen", "item_text")
+ITEM_ROWS = ("item_bias.weight", "item_tower.id_embedding.weight", "item_tower.seen", "item_text",
+             "interest_item_bias.weight")
 
 
 # ---- the artifact store ----

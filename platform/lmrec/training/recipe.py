@@ -51,7 +51,7 @@ def build_model(spec: TrainSpec, n_users: int, n_items: int, encoder=None) -> Tw
         encoder, n_users, n_items, dim=m.dim, user_tower=m.user_tower, item_id_embeddings=m.item_id_embeddings,
         user_id_embeddings=m.user_id_embeddings, user_text=m.user_text, max_history=m.max_history,
         ranking_head="interest" if spec.tasks.click.weight > 0 or spec.tasks.related.weight > 0 else "rating",
-        rating_user=m.rating_user,
+        rating_user=m.rating_user, interest_bias=m.interest_bias,
     )
 
 
@@ -120,6 +120,9 @@ class TwoTowerRecipe:
             self._load_weights(init_state)
         loaded = time.perf_counter()
         self._init_state(item_text)
+        if init_state is None and self.model.interest_bias:  # fresh biases start at popularity (not on a warm start)
+            fit = self.model.init_interest_biases(data.train["item_idx"].to_numpy(), spec.tasks.click.temperature)
+            log.info("interest biases from popularity: %s", {k: round(v, 4) for k, v in fit.items()})
         # setup cost split: loading the encoder is the same for any recipe; the item-text precompute is ours
         self.setup_seconds = {"model_load": loaded - start, "init_state": time.perf_counter() - loaded}
         # DDP / DeepSpeed fix the gradient-carrying parameters at wrap time: unfreeze through LRs there
