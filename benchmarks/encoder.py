@@ -20,7 +20,9 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 
 from lmrec.config.base import load_spec
 from lmrec.config.train import TrainSpec
@@ -64,6 +66,25 @@ def record(dataset: str, split: str, model: str, metrics: dict, fit_seconds: flo
             "metrics": {k: round(float(v), 6) for k, v in metrics.items()}, **extra}
 
 
+def interest_ablation(rec, data, cands) -> dict:
+    """NDCG@10 of the two parts of the interest score alone: the cosine of the towers, and the per-item popularity
+    term (for held-out items: its ridge prior on the item text)."""
+    t = rec.tables
+
+    class Part:
+        def __init__(self, cosine: float, bias: float) -> None:
+            self.cosine, self.bias = cosine, bias
+
+        def score_items(self, users):
+            u = torch.as_tensor(np.asarray(users), dtype=torch.long)
+            cos = t["user_interest"][u] @ t["item_interest"].T
+            return (self.cosine * cos + self.bias * t["item_interest_bias"][None, :]).numpy()
+
+    return {name: round(evaluate_ranking(Part(*w), data.train, data.test, data.n_items, KS, candidates=cands,
+                                         exclude_df=data.valid)["ndcg@10"], 6)
+            for name, w in (("cosine_only_ndcg@10", (1.0, 0.0)), ("popularity_term_only_ndcg@10", (0.0, 1.0)))}
+
+
 def run(name: str, epochs: int | None) -> list[dict]:
     overrides, kind, label = RUNS[name]
     if epochs:
@@ -78,9 +99,10 @@ def run(name: str, epochs: int | None) -> list[dict]:
     if kind == "rating":
         ours = {**evaluate_ratings(rec, data.test), **ours}
     ours.pop("n", None)
+    extra = {"ablation": interest_ablation(rec, data, cands)} if kind == "cold" and spec.model.interest_bias else {}
     out.append(record(data.dataset, label, "two_tower_minilm", ours, res.fit_seconds,
                       best_epoch=res.best.get("epoch"), split_params=data.split_params,
-                      config=spec.model_dump(mode="json")))
+                      config=spec.model_dump(mode="json"), **extra))
     # peers on the identical split (train + valid rows: they need no early-stopping slice)
     full_train = pd.concat([data.train, data.valid]) if data.valid is not None else data.train
     peers = {"cold": [("tfidf", lambda: TfidfContent(item_texts=data.item_texts))],
