@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import random
 import sys
@@ -520,7 +519,7 @@ def sustained_rate(url: str, users: list, items: list) -> dict:
 
     bodies = request_bodies("/recommend", users, items, random.Random(4))
     ceiling = asyncio.run(closed_loop(url, "/recommend", bodies, 8, 10, 100000))["throughput_rps"]
-    sweep = rate_sweep(url, users, items, [round(f * ceiling, 1) for f in SOAK_SWEEP_FRACTIONS], 8)
+    sweep = rate_sweep({"serve": url}, users, items, [round(f * ceiling, 1) for f in SOAK_SWEEP_FRACTIONS], 8)["serve"]
     return {"closed_loop_rps": ceiling, "max_sustained_rps": sweep["max_sustained_rps"],
             "p99_target_ms": sweep["p99_target_ms"], "p99_ms_at_max": sweep["p99_ms_at_max"],
             "max_draining_rps": sweep["max_draining_rps_tried"], "sweep": sweep["points"]}

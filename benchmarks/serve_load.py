@@ -9,12 +9,13 @@ encoder (all-MiniLM-L6-v2; ``--encoder tiny`` for a random 2-layer BERT) and a b
 split. Scenarios, each bounded in time and request count:
 - closed loop: C clients each send the next request when the previous answers (throughput at saturation);
 - open loop: Poisson arrivals at a fixed rate, latency measured from the scheduled send (queueing included);
-- rate sweep: open loop on /recommend at rising rates (the same for both targets); a rate is *sustained* when no
-  request fails and the target keeps up (the backlog drains within 1 s of the last arrival); the highest
-  sustained rate and its p99;
-- autoscaling: Serve only, a load step from quiet traffic (open loop at 5% of the bare app's closed-loop
-  throughput) to 16 closed-loop clients and back; replica counts sampled every second
-  (run first), with a short ``downscale_delay_s`` so the scale-down shows within the run.
+- rate sweep: open loop on /recommend at rising rates (the same for both targets, which take turns at each rate);
+  a rate is *sustained* when most of up to 3 windows have no failed request, drain their backlog within 1 s of
+  the last arrival and keep p99 <= 50 ms; the highest sustained rate and its p99. Scenarios and sweep run Serve
+  at fixed replica counts (``SWEEP_REPLICAS``), so no replica start lands inside a window;
+- autoscaling: Serve only, on the autoscaling config, a load step from quiet traffic (open loop at 5% of the bare
+  app's closed-loop throughput) to 16 closed-loop clients and back; replica counts sampled every second, with a
+  short ``downscale_delay_s`` so the scale-down shows within the run.
 Serve runs in its high-throughput mode by default (``--serve-mode``: HAProxy in front of the ingress replicas;
 ``lmrec.serving.cli.high_throughput_env``). The machine is shared: ``os.getloadavg()`` is recorded at start and
 end; compare bare and Serve within one run.
@@ -192,45 +193,59 @@ def _window_ok(r: dict, seconds: float) -> dict:
     return {"drained": drained, "within_slo": drained and r["p99_ms"] is not None and r["p99_ms"] <= P99_TARGET_MS}
 
 
-def rate_sweep(base: str, user_ids: list, item_ids: list, rates: list[float], seconds: float,
-               repeats: int = 3) -> dict:
-    """Open loop on /recommend at each rising rate, ``repeats`` windows of ``seconds`` a rate, decided by majority.
+def measure_rate(base: str, bodies, rate: float, seconds: float, repeats: int = 3) -> dict:
+    """Open loop on /recommend at ``rate``: up to ``repeats`` windows of ``seconds``, decided by majority.
 
-    A rate is *sustained* when most windows meet the service objective: no failed request, the backlog drains
+    The rate is *sustained* when most windows meet the service objective: no failed request, the backlog drains
     within 1 s of the last arrival and p99 <= 50 ms. (A rate that merely drains an 8 s window with a p99 of
     0.5-1 s is at saturation: held for minutes its backlog grows into timeouts.) On a 2-core machine shared by the
     load generator and the service, one window in a few has a p99 spike from a scheduling stall that says nothing
-    about the rate, so one window does not decide: the majority does, with the same rule for both targets. The
-    windows stop once the majority is settled; the sweep stops after two rates in a row that are not sustained.
+    about the rate, so one window does not decide: the majority does, with the same rule for every target. The
+    windows stop once the majority is settled.
     """
-    bodies = request_bodies("/recommend", user_ids, item_ids, random.Random(2))
-    points, misses, need = [], 0, repeats // 2 + 1
-    for rate in rates:
-        windows = []
-        while len(windows) < repeats:
-            r = asyncio.run(open_loop(base, "/recommend", bodies, rate, seconds, 100000))
-            windows.append(r | _window_ok(r, seconds))
-            good = sum(w["within_slo"] for w in windows)
-            if good >= need or len(windows) - good >= need:
-                break
-        p99s = [w["p99_ms"] for w in windows if w["p99_ms"] is not None]
-        point = {"offered_rps": rate, "windows": windows,
-                 "throughput_rps": round(float(np.median([w["throughput_rps"] for w in windows])), 1),
-                 "p99_ms_median": round(float(np.median(p99s)), 2) if p99s else None,
-                 "drained": sum(w["drained"] for w in windows) >= need,
-                 "sustained": sum(w["within_slo"] for w in windows) >= need}
-        points.append(point)
-        print("sweep", json.dumps({k: v for k, v in point.items() if k != "windows"}), flush=True)
-        misses = 0 if point["sustained"] else misses + 1
-        if misses == 2:
+    windows, need = [], repeats // 2 + 1
+    while len(windows) < repeats:
+        r = asyncio.run(open_loop(base, "/recommend", bodies, rate, seconds, 100000))
+        windows.append(r | _window_ok(r, seconds))
+        good = sum(w["within_slo"] for w in windows)
+        if good >= need or len(windows) - good >= need:
             break
-    best = max((p for p in points if p["sustained"]), key=lambda p: p["offered_rps"], default=None)
-    draining = max((p for p in points if p["drained"]), key=lambda p: p["offered_rps"], default=None)
-    return {"points": points, "p99_target_ms": P99_TARGET_MS, "windows_per_rate": repeats,
-            "window_seconds": seconds,
-            "max_sustained_rps": best["offered_rps"] if best else None,
-            "p99_ms_at_max": best["p99_ms_median"] if best else None,
-            "max_draining_rps_tried": draining["offered_rps"] if draining else None}
+    p99s = [w["p99_ms"] for w in windows if w["p99_ms"] is not None]
+    return {"offered_rps": rate, "windows": windows,
+            "throughput_rps": round(float(np.median([w["throughput_rps"] for w in windows])), 1),
+            "p99_ms_median": round(float(np.median(p99s)), 2) if p99s else None,
+            "drained": sum(w["drained"] for w in windows) >= need,
+            "sustained": sum(w["within_slo"] for w in windows) >= need}
+
+
+def rate_sweep(targets: dict[str, str], user_ids: list, item_ids: list, rates: list[float], seconds: float,
+               repeats: int = 3) -> dict[str, dict]:
+    """``measure_rate`` at each rising rate for every target (name -> base URL), the targets taking turns at each
+    rate so that they meet the same machine noise; a target drops out after two rates in a row that are not
+    sustained. Returns, per target, its points, the highest sustained rate and its median p99."""
+    bodies = request_bodies("/recommend", user_ids, item_ids, random.Random(2))
+    points: dict[str, list] = {name: [] for name in targets}
+    misses = dict.fromkeys(targets, 0)
+    for rate in rates:
+        for name, base in targets.items():
+            if misses[name] == 2:
+                continue
+            point = measure_rate(base, bodies, rate, seconds, repeats)
+            points[name].append(point)
+            print("sweep", name, json.dumps({k: v for k, v in point.items() if k != "windows"}), flush=True)
+            misses[name] = 0 if point["sustained"] else misses[name] + 1
+        if all(m == 2 for m in misses.values()):
+            break
+    out = {}
+    for name, pts in points.items():
+        best = max((p for p in pts if p["sustained"]), key=lambda p: p["offered_rps"], default=None)
+        draining = max((p for p in pts if p["drained"]), key=lambda p: p["offered_rps"], default=None)
+        out[name] = {"points": pts, "p99_target_ms": P99_TARGET_MS, "windows_per_rate": repeats,
+                     "window_seconds": seconds,
+                     "max_sustained_rps": best["offered_rps"] if best else None,
+                     "p99_ms_at_max": best["p99_ms_median"] if best else None,
+                     "max_draining_rps_tried": draining["offered_rps"] if draining else None}
+    return out
 
 
 def serve_config(port: int, app_args: dict, replicas: int | None = None, autoscaling: dict | None = None,
@@ -343,8 +358,11 @@ def main() -> int:
               "closed_loop_clients": 8, "waited_for_load_below": {"load": args.quiet_load, "seconds": waited},
               "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
 
+    # Both targets stay up for the whole run, and the rate sweep alternates between them at each rate, so that
+    # they meet the same machine noise (an idle target costs next to nothing).
     # 1. bare: one uvicorn process, same routes and members, no Ray
     port = 8311
+    bare_url = f"http://127.0.0.1:{port}"
     code = ("import sys, json, uvicorn; from lmrec.serving.app import build_bare_app; "
             f"uvicorn.run(build_bare_app(json.loads(sys.argv[1])), host='127.0.0.1', port={port}, "
             "log_level='warning')")
@@ -353,15 +371,6 @@ def main() -> int:
     # OpenMP spin-waiting made the bare encoder ~100x slower, which measured the box, not the service
     env = dict(os.environ, OMP_NUM_THREADS="1")
     bare = subprocess.Popen([sys.executable, "-c", code, json.dumps(app_args)], env=env)
-    try:
-        wait_http(f"http://127.0.0.1:{port}")
-        result["bare"] = run_scenarios(f"http://127.0.0.1:{port}", users, items, args.seconds, rates)
-        bare_rps = result["bare"]["closed /recommend"]["throughput_rps"]
-        sweep_rates = [round(f * bare_rps, 1) for f in SWEEP_FRACTIONS]
-        result["sweep_bare"] = rate_sweep(f"http://127.0.0.1:{port}", users, items, sweep_rates, args.sweep_seconds)
-    finally:
-        bare.terminate()
-        bare.wait(30)
 
     # 2. Ray Serve from the committed config
     import ray
@@ -391,17 +400,29 @@ def main() -> int:
     result["serve_env"] = {k: v for k, v in os.environ.items() if k.startswith(("RAY_SERVE_", "RAY_worker_"))}
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, namespace="serve", log_to_driver=False)
     try:
+        wait_http(bare_url)
         start = time.perf_counter()
-        deploy_config(load_serve_config(autoscaled))
-        result["serve_start_s"] = round(time.perf_counter() - start, 1)
-        # the load step first, from the minimum replica counts
-        result["autoscaling"] = autoscaling_step(base, users, items, app_name, QUIET_FRACTION * bare_rps)
-        serve.delete(app_name)
         deploy_config(load_serve_config(serve_config(serve_port, app_args, replicas=SWEEP_REPLICAS)))
+        result["serve_start_s"] = round(time.perf_counter() - start, 1)
+        time.sleep(10)  # let the replicas' start-up work settle
+        result["bare"] = run_scenarios(bare_url, users, items, args.seconds, rates)
+        bare_rps = result["bare"]["closed /recommend"]["throughput_rps"]
         result["serve"] = run_scenarios(base, users, items, args.seconds, rates)
         result["open_loop_rps"] = rates
-        result["sweep_serve"] = rate_sweep(base, users, items, sweep_rates, args.sweep_seconds)
+        sweep = rate_sweep({"bare": bare_url, "serve": base}, users, items,
+                           [round(f * bare_rps, 1) for f in SWEEP_FRACTIONS], args.sweep_seconds)
+        result["sweep_bare"], result["sweep_serve"] = sweep["bare"], sweep["serve"]
+        bare.terminate()
+        bare.wait(30)
+        # the load step last, on the autoscaling config from its minimum replica counts
+        serve.delete(app_name)
+        deploy_config(load_serve_config(autoscaled))
+        time.sleep(10)
+        result["autoscaling"] = autoscaling_step(base, users, items, app_name, QUIET_FRACTION * bare_rps)
     finally:
+        if bare.poll() is None:
+            bare.terminate()
+            bare.wait(30)
         serve.shutdown()
         ray.shutdown()
     result["overhead"] = {
