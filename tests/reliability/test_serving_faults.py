@@ -34,7 +34,8 @@ def service(serving_artifacts):
 
     import ray
     from lmrec.serving.cli import deploy_config, load_serve_config
-    from reliability import serve_config, start_ray
+    from reliability import start_ray
+    from serve_load import serve_config
 
     port = _free_port()
     args = {"two_tower_artifact": str(serving_artifacts["v1"]), "mf_artifact": str(serving_artifacts["mf"])}
