@@ -183,6 +183,9 @@ def load_artifact(directory: str | Path, device: str | torch.device = "cpu") -> 
     model = model.to(device).eval()
     ids = json.loads((root / "id_maps.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
+    embeddings = load_file(str(root / "item_embeddings.safetensors"))
+    # artifacts written before ``model.interest_bias`` carry no interest-score term: it was zero
+    embeddings.setdefault("item_interest_bias", torch.zeros(len(embeddings["item_interest"])))
     return LoadedArtifact(
         model=model,
         recommender=TwoTowerRecommender(model, name=manifest["config"].get("name")),
@@ -190,5 +193,5 @@ def load_artifact(directory: str | Path, device: str | torch.device = "cpu") -> 
         manifest=manifest,
         user_ids=ids["user_ids"],
         item_ids=ids["item_ids"],
-        embeddings=load_file(str(root / "item_embeddings.safetensors")),
+        embeddings=embeddings,
     )

@@ -44,9 +44,7 @@ class TwoTowerMember:
         self.item_vec = t["item_vectors"].numpy()
         self.item_bias = t["item_bias"].numpy()
         self.item_interest = t["item_interest"].numpy()
-        # per-item term of the interest score (artifacts from before ``model.interest_bias`` have none)
-        self.item_interest_bias = (t["item_interest_bias"].numpy() if "item_interest_bias" in t
-                                   else np.zeros(len(self.item_interest), np.float32))
+        self.item_interest_bias = t["item_interest_bias"].numpy()
         self.user_vec = t["user_vectors"].numpy()
         self.user_interest = t["user_interest"].numpy()
         self.user_bias = self.model.user_bias.weight[:, 0].detach().numpy()

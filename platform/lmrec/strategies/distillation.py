@@ -57,8 +57,7 @@ class Teacher:
 
         def score_fn(u: torch.Tensor) -> torch.Tensor:
             if interest:
-                bias = t["item_interest_bias"][None, :] if "item_interest_bias" in t else 0.0
-                return t["user_interest"][u] @ t["item_interest"].T + bias
+                return t["user_interest"][u] @ t["item_interest"].T + t["item_interest_bias"][None, :]
             return t["user_vectors"][u] @ t["item_vectors"].T + t["item_bias"][None, :]
 
         return cls(rating_fn, score_fn, n_users, n_items, 1.0 / temperature if interest else 1.0)
