@@ -53,6 +53,10 @@ class ModelSpec(StrictModel):
         "log popularity on the item text (fixed; an unseen item is ranked with it), its item-ID part the seen items' "
         "residual, trained by the click softmax.",
     )
+    interest_prior: Literal["refit", "fixed"] = Field(
+        "refit", description="When a fine-tuned encoder re-encodes the catalogue: refit the text popularity prior on "
+        "the new item vectors (warm items keep their total term) or keep the first fit.",
+    )
     rating_user: Literal["id", "tower"] = Field(
         "id", description="User factor of the rating head: ID (+ user text) part only, or the whole user tower."
     )
@@ -104,12 +108,37 @@ class OptimSpec(StrictModel):
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="'cosine' decays every LR to 0 over epochs x steps (settles the noisy ID rows)."
     )
+    encode_items: Literal["batch", "catalog"] = Field(
+        "batch", description="Rows encoded with gradient per step: up to items_encoded_per_step of the batch's "
+        "items ('batch'), or every item of the catalogue ('catalog': no stale negatives; for catalogues that fit).",
+    )
+    encoder_dropout: bool = Field(
+        False, description="Dropout inside the encoder while it trains. Off: rows encoded with gradient match the "
+        "eval-mode cache they are scored against (train-mode rows were a fresh-vs-cached cue).",
+    )
+    encoder_start_epoch: int = Field(
+        0, ge=0, description="Epochs that train the heads on the frozen encoder before it unfreezes (two-stage).",
+    )
+    encoder_warmup_steps: int = Field(
+        0, ge=0, description="Linear warm-up of the encoder LR over this many steps once it unfreezes.",
+    )
+    layer_decay: float = Field(
+        1.0, gt=0, le=1, description="Layer-wise LR decay: each encoder block gets this factor of the one above.",
+    )
+    min_steps_per_epoch: int = Field(
+        8, ge=1, description="Batches shrink (per worker) so an epoch takes at least this many optimizer steps.",
+    )
     grad_clip: float = Field(1.0, ge=0, description="Max global grad norm (0 = no clipping).")
     log_every_steps: int = Field(20, ge=1, description="Progress log period in steps.")
 
     @property
     def finetune_encoder(self) -> bool:
-        return self.lr_encoder > 0 and self.items_encoded_per_step > 0
+        return self.lr_encoder > 0 and (self.items_encoded_per_step > 0 or self.encode_items == "catalog")
+
+    def step_batch_size(self, rows: int, world_size: int = 1) -> int:
+        """Interactions per step and worker: ``batch_size``, smaller when that would give < min_steps_per_epoch."""
+        shard = -(-rows // max(world_size, 1))
+        return max(1, min(self.batch_size, -(-shard // self.min_steps_per_epoch)))
 
 
 class EarlyStoppingSpec(StrictModel):

@@ -149,12 +149,39 @@ class TwoTowerModel(nn.Module):
         item text (alpha by leave-one-out over the seen items) — the popularity prior an unseen item gets, kept
         fixed — and the ID part at each seen item's residual, which training moves on. Returns the fit's
         diagnostics."""
+        fitted = self._fit_text_prior(item_idx, scale)
+        if fitted is None:
+            return {}
+        target, prior, seen, diag = fitted
+        residual = np.where(seen, target - prior, 0.0)
+        self.interest_item_bias.weight.copy_(torch.as_tensor(residual[:, None],
+                                                             dtype=self.interest_item_bias.weight.dtype))
+        return diag
+
+    @torch.no_grad()
+    def refit_interest_prior(self, item_idx: np.ndarray, scale: float, before: torch.Tensor) -> dict[str, float]:
+        """Refit the text prior on the current ``item_text`` (a fine-tuned encoder moved the item vectors, so the
+        first fit no longer reads them), keeping each seen item's total term at ``before`` (``interest_biases``
+        before the re-encoding): warm scores do not jump, unseen items get a prior that follows the encoder."""
+        fitted = self._fit_text_prior(item_idx, scale)
+        if fitted is None:
+            return {}
+        _, prior, _, diag = fitted
+        gate = self.item_tower.seen.cpu().numpy()
+        residual = np.where(gate, before.double().cpu().numpy() - prior, 0.0)
+        self.interest_item_bias.weight.copy_(torch.as_tensor(residual[:, None],
+                                                             dtype=self.interest_item_bias.weight.dtype))
+        return diag
+
+    def _fit_text_prior(self, item_idx: np.ndarray, scale: float):
+        """Ridge fit of ``scale · log(1 + count)`` (centred over seen items) on the cached item text; sets the text
+        read-out and returns (target, prior of every item, seen mask, diagnostics), or None with < 2 seen items."""
         from sklearn.linear_model import RidgeCV
 
         count = np.bincount(np.asarray(item_idx, dtype=np.int64), minlength=self.n_items)
         seen = count > 0
         if not self.interest_bias or seen.sum() < 2:
-            return {}
+            return None
         target = scale * np.log1p(count.astype(np.float64))
         target -= target[seen].mean()
         x = self.item_text.float().cpu().numpy().astype(np.float64)
@@ -162,9 +189,8 @@ class TwoTowerModel(nn.Module):
         dtype = self.interest_text_bias.weight.dtype
         self.interest_text_bias.weight.copy_(torch.as_tensor(fit.coef_[None, :], dtype=dtype))
         self.interest_text_bias.bias.fill_(float(fit.intercept_))
-        residual = np.where(seen, target - fit.predict(x), 0.0)
-        self.interest_item_bias.weight.copy_(torch.as_tensor(residual[:, None], dtype=dtype))
-        return {"alpha": float(fit.alpha_), "r2_seen": float(fit.score(x[seen], target[seen]))}
+        diag = {"alpha": float(fit.alpha_), "r2_seen": float(fit.score(x[seen], target[seen]))}
+        return target, fit.predict(x), seen, diag
 
     def interest_text_biases(self, hidden: torch.Tensor) -> torch.Tensor:
         """The text part of ``interest_biases`` for pooled encoder outputs [n, hidden] (new items)."""

@@ -64,7 +64,7 @@ def train_local(
     result = LocalResult(recipe=recipe, data=data)
     best_state = None
     for epoch in range(first, spec.optim.epochs):
-        batches = recipe.epoch_batches(epoch, data.iter_train_batches(epoch, spec.optim.batch_size, spec.seed))
+        batches = recipe.epoch_batches(epoch, data.iter_train_batches(epoch, recipe.batch_size, spec.seed))
         logs = recipe.train_epoch(epoch, batches)
         metrics = recipe.validate()
         result.epochs.append({**logs, **metrics})

@@ -33,6 +33,7 @@ from lmrec.models.tasks import ClickTask, MultiTaskObjective, RatingTask, Relate
 from lmrec.models.two_tower import TwoTowerModel, TwoTowerRecommender
 from lmrec.strategies.components import StrategyComponents, build_student_encoder
 from lmrec.strategies.scopes import count_parameters
+from lmrec.strategies.unfreezing import encoder_layer_groups
 from lmrec.training.data import PreparedData
 from lmrec.training.engines import DeepSpeedEngine, TorchEngine, deepspeed_config, distributed_world, resolve_engine
 
@@ -146,9 +147,12 @@ class TwoTowerRecipe:
         # the torch optimizer itself (DeepSpeed wraps it but reads these param groups): the LR schedule sets them
         self.optimizer = optimizer
         self.base_lrs = [g["lr"] for g in optimizer.param_groups]
-        self.steps_per_epoch = data.steps_per_epoch(o.batch_size, world_size)
+        # small data: batches shrink so an epoch is never a single step
+        self.batch_size = o.step_batch_size(len(data.train), world_size)
+        self.steps_per_epoch = data.steps_per_epoch(self.batch_size, world_size)
+        self.encoder_start_step = o.encoder_start_epoch * self.steps_per_epoch
         if self.engine_name == "deepspeed":
-            cfg = deepspeed_config(spec.scaling.deepspeed_config, micro_batch=o.batch_size, world_size=world_size,
+            cfg = deepspeed_config(spec.scaling.deepspeed_config, micro_batch=self.batch_size, world_size=world_size,
                                    grad_clip=o.grad_clip, device=self.device)
             self.engine: TorchEngine | DeepSpeedEngine = DeepSpeedEngine(self.train_module, optimizer, cfg)
         else:
@@ -186,17 +190,27 @@ class TwoTowerRecipe:
         if unexpected or set(missing) - {"history"}:
             raise ValueError(f"initial weights do not fit the model: missing {missing}, unexpected {unexpected}")
 
-    def _refresh_text(self) -> None:
+    def _refresh_text(self, encoder_moved: bool = False) -> None:
+        """Re-encode the cached texts; after encoder steps, refit the text popularity prior to the new vectors."""
         d, bs = self.data, self.spec.optim.encode_batch_size
+        refit = encoder_moved and self.model.interest_bias and self.spec.model.interest_prior == "refit"
         with self.engine.gathered() if hasattr(self, "engine") else torch.no_grad():
+            before = self.model.interest_biases(self.model.text_table()).detach().float() if refit else None
             self.model.refresh_item_text(torch.as_tensor(d.item_tokens), torch.as_tensor(d.item_lengths), bs,
                                          self.autocast_dtype)
             if d.user_tokens is not None:
                 self.model.refresh_user_text(torch.as_tensor(d.user_tokens), torch.as_tensor(d.user_lengths), bs,
                                              self.autocast_dtype)
+            if refit:
+                fit = self.model.refit_interest_prior(d.train["item_idx"].to_numpy(),
+                                                      self.spec.tasks.click.temperature, before)
+                log.info("text prior refitted on the re-encoded items: %s", {k: round(v, 4) for k, v in fit.items()})
         self._cache_fresh = True
 
     def _param_groups(self) -> list[dict]:
+        """Heads, ID rows (no weight decay) and the encoder; every encoder group is named ``encoder...`` (its LR
+        warms up after ``encoder_start_epoch``). ``layer_decay`` < 1 splits the encoder per block, top block at
+        ``lr_encoder``, each block below ``layer_decay`` times the one above."""
         o = self.spec.optim
         enc, no_decay, rest = [], [], []
         for name, p in self.model.named_parameters():
@@ -209,14 +223,18 @@ class TwoTowerRecipe:
             else:
                 rest.append(p)
         groups = [{"params": rest}, {"params": no_decay, "weight_decay": 0.0}]
-        if enc:
-            groups.append({"params": enc, "lr": o.lr_encoder})
+        if enc and o.layer_decay < 1:
+            trainable = {id(p) for p in enc}
+            for g in encoder_layer_groups(self.model, o.lr_encoder, o.layer_decay):
+                groups.append({"params": [p for p in g.params if id(p) in trainable], "lr": g.lr, "name": g.name})
+        elif enc:
+            groups.append({"params": enc, "lr": o.lr_encoder, "name": "encoder"})
         return [g for g in groups if g["params"]]
 
     # ---- training ----
     def epoch_batches(self, epoch: int, default: Iterable[dict]) -> Iterable[dict]:
         """This rank's batches for ``epoch``: the strategy's sampler (curriculum) or ``default``."""
-        return self.strategy.batches(epoch, default, self.spec.optim.batch_size, self.rank, self.world_size)
+        return self.strategy.batches(epoch, default, self.batch_size, self.rank, self.world_size)
 
     def _all_have_batch(self, have: bool) -> bool:
         initialised, world, _ = distributed_world()
@@ -230,6 +248,8 @@ class TwoTowerRecipe:
         """One pass over ``batches``; every rank stops at the step where the first rank runs out."""
         o = self.spec.optim
         self.train_module.train()
+        if not o.encoder_dropout:
+            self.model.encoder.eval()  # rows encoded with gradient then match the eval-mode cache and serving
         rng = np.random.default_rng([self.spec.seed, epoch, self.rank])
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
         k = o.items_encoded_per_step if o.finetune_encoder else 0
@@ -250,10 +270,14 @@ class TwoTowerRecipe:
             global_step = epoch * self.steps_per_epoch + steps
             if self.strategy.on_step(self.optimizer, global_step):
                 self._rebase_lrs()
-            k_step = k if self.strategy.encoder_trains(epoch, global_step) else 0
-            encoder_stepped |= k_step > 0
-            uniq = np.unique(np.asarray(batch["item_idx"]))
-            pick = rng.choice(uniq, size=min(k_step, len(uniq)), replace=False) if k_step else uniq[:0]
+            trains = o.finetune_encoder and epoch >= o.encoder_start_epoch \
+                and self.strategy.encoder_trains(epoch, global_step)
+            encoder_stepped |= trains
+            if trains and o.encode_items == "catalog":
+                pick = np.arange(self.data.n_items)
+            else:
+                uniq = np.unique(np.asarray(batch["item_idx"]))
+                pick = rng.choice(uniq, size=min(k, len(uniq)), replace=False) if trains else uniq[:0]
             enc = torch.as_tensor(np.sort(pick), dtype=torch.long, device=self.device)
             self._set_lr(global_step)
             loss, logs, fresh = self.engine.module(u, i, r, enc, gen)
@@ -273,7 +297,7 @@ class TwoTowerRecipe:
                          " ".join(f"{k}={v / steps:.4f}" for k, v in sums.items() if k.startswith("loss_")),
                          rows / el)
         if encoder_stepped and o.refresh_every_epochs and (epoch + 1) % o.refresh_every_epochs == 0:
-            self._refresh_text()
+            self._refresh_text(encoder_moved=True)
         seconds = time.perf_counter() - start
         self.epoch = epoch + 1
         out = {k: v / max(steps, 1) for k, v in sums.items()}
@@ -298,8 +322,11 @@ class TwoTowerRecipe:
         if o.lr_schedule == "cosine":
             total = max(o.epochs * self.steps_per_epoch, 1)
             factor = 0.5 * (1.0 + math.cos(math.pi * min(global_step, total) / total))
+        since = global_step - self.encoder_start_step
+        warm = 1.0 if not o.encoder_warmup_steps else min(1.0, max(since + 1, 0) / o.encoder_warmup_steps)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * factor
+            encoder = str(group.get("name", "")).startswith("encoder")
+            group["lr"] = base * factor * (warm if encoder else 1.0)
 
     # ---- evaluation ----
     def as_recommender(self) -> TwoTowerRecommender:
@@ -312,7 +339,7 @@ class TwoTowerRecipe:
     def validate(self) -> dict[str, float]:
         """Valid-split metrics; identical on every rank (full valid set everywhere, rank-identical caches)."""
         if self.world_size > 1 and not self._cache_fresh:
-            self._refresh_text()  # per-rank cache rows diverge between refreshes
+            self._refresh_text(encoder_moved=True)  # per-rank cache rows diverge between refreshes
         valid = self.data.valid
         out: dict[str, float] = {}
         if valid is not None and len(valid):
@@ -363,7 +390,7 @@ class TwoTowerRecipe:
 
         self.strategy.before_export(self.model)  # e.g. LoRA adapters merged: a plain encoder is served
         if not self._cache_fresh:
-            self._refresh_text()  # precomputed item embeddings must come from the final encoder
+            self._refresh_text(encoder_moved=True)  # precomputed item embeddings must come from the final encoder
         tokenizer = load_tokenizer(self.spec.model.encoder)
         with self.engine.gathered():
             if self.rank != 0:

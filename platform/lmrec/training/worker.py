@@ -236,7 +236,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
     taken = _registered_names()
 
     shard = ray.train.get_dataset_shard("train")
-    epochs, batch_size = spec.optim.epochs, spec.optim.batch_size
+    epochs, batch_size = spec.optim.epochs, recipe.batch_size
     metric = spec.early_stopping.metric
     last: dict = history[-1] if history else {}
     for epoch in range(start_epoch, epochs):
