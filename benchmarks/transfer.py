@@ -43,38 +43,59 @@ KS = (10,)
 RANKING = {"model.interest_bias": True, "early_stopping.metric": "val_ndcg@10", "early_stopping.mode": "max",
            "early_stopping.patience": 3, "tasks.click.weight": 1.0, "tasks.click.max_rows": 1024,
            "tasks.related.max_rows": 1024, "tasks.rating.weight": 0.0, "optim.batch_size": 2048,
-           "optim.lr_heads": 0.005, "optim.lr_schedule": "cosine"}
+           "optim.lr_heads": 0.005, "optim.lr_schedule": "cosine", "scaling.engine": "ddp"}
 PER_USER = {"kind": "per_user_random", "test_frac": 0.2, "seed": 42}
 COLD = {"kind": "cold_start_items", "item_frac": 0.2, "seed": 0}
 # name -> (spec overrides, kind, split label)
+# cold-item protocols pick their epoch by ranking held-out *training items* (valid_by: items), as the test does
+COLD_VALID = {"data.valid_by": "items", "data.valid_from_train": 0.1}
 PROTOCOLS = {
-    "ml100k-cold": ({"data.split": COLD, **RANKING}, "cold", "cold-start-items-20%"),
+    "ml100k-cold": ({"data.split": COLD, **RANKING, **COLD_VALID}, "cold", "cold-start-items-20%"),
     "ml100k-warm": ({"data.split": PER_USER, **RANKING}, "warm", "per-user-80-20"),
-    "amazon-cold": ({"data.dataset": "amazon-magazine", "data.split": COLD, **RANKING, "model.max_length": 128},
+    "amazon-cold": ({"data.dataset": "amazon-magazine", "data.split": COLD, **RANKING, **COLD_VALID,
+                     "model.max_length": 128},
                     "cold", "cold-start-items-20%"),
     "mlls-warm": ({"data.dataset": "ml-latest-small", "data.split": PER_USER, **RANKING}, "warm", "per-user-80-20"),
 }
 FROZEN = {"optim.lr_encoder": 0.0}
 # one ingredient of the recipe changed at a time (the recipe is full.yaml; see docs/strategies.md)
-ABLATIONS = {
+ABLATIONS = {  # most telling first
     "recipe_before": {"optim.encode_items": "batch", "optim.items_encoded_per_step": 1024,
                       "optim.encoder_dropout": True, "model.interest_prior": "fixed", "optim.encoder_start_epoch": 0,
                       "optim.encoder_warmup_steps": 0, "optim.layer_decay": 1.0, "optim.lr_encoder": 3e-5},
     "with_dropout": {"optim.encoder_dropout": True},
-    "prior_fixed": {"model.interest_prior": "fixed"},
+    "prior_refit": {"model.interest_prior": "refit"},
     "batch_items_only": {"optim.encode_items": "batch", "optim.items_encoded_per_step": 1024},
     "no_two_stage": {"optim.encoder_start_epoch": 0, "optim.encoder_warmup_steps": 0, "optim.layer_decay": 1.0},
     "lr_encoder_1e-4": {"optim.lr_encoder": 1e-4},
     "lr_encoder_2e-5": {"optim.lr_encoder": 2e-5},
     "temperature_0.05": {"tasks.click.temperature": 0.05, "tasks.related.temperature": 0.05},
     "no_item_ids": {"model.item_id_embeddings": False},
+    "id_dropout_0.8": {"tasks.click.id_dropout": 0.8},
 }
+# the other encoder-training strategies on the same recipe (full.yaml + the strategy block of its own job)
+STRATEGIES = {
+    "lora": {"strategy": {"name": "lora", "rank": 8, "alpha": 16.0, "targets": ["query", "value"]},
+             "optim.lr_encoder": 5e-4, "optim.layer_decay": 1.0},
+    "progressive_unfreezing": {"strategy": {"name": "progressive_unfreezing", "every": 1, "unit": "epoch",
+                                            "decay": 0.8, "start_with_heads": True},
+                               "optim.encoder_start_epoch": 0, "optim.encoder_warmup_steps": 0,
+                               "optim.layer_decay": 1.0},
+    "layer_sharing": {"strategy": {"name": "layer_sharing", "layers": 3}},
+    "curriculum": {"strategy": {"name": "curriculum", "difficulty": "baseline_loss", "pacing": "root",
+                                "start": 0.3, "full_at_epoch": 3}},
+}
+# item text richness where the data has rich text: Amazon titles + descriptions cut at 32 tokens instead of 128
+TEXT_ABLATIONS = {"amazon-cold": {"model.max_length": 32}}
 SMOKE = {"model.encoder_init": "random-tiny", "optim.epochs": 1, "optim.encoder_start_epoch": 0,
          "data.max_users": 150, "model.max_length": 16}
 
 
 def spec_for(protocol: str, variant_overrides: dict, smoke: bool) -> TrainSpec:
     overrides, _, _ = PROTOCOLS[protocol]
+    variant_overrides = dict(variant_overrides)
+    if smoke and variant_overrides.get("strategy", {}).get("name") == "layer_sharing":
+        variant_overrides["strategy"] = {**variant_overrides["strategy"], "layers": 1}  # the tiny encoder has 2
     return load_spec(TrainSpec, FULL_JOB, {**overrides, **variant_overrides, **(SMOKE if smoke else {})})
 
 
@@ -87,9 +108,12 @@ class Bench:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device_name = torch.cuda.get_device_name(0) if self.device == "cuda" else "cpu"
         self.result = {"machine": machine(), "device": self.device_name, "records": [], "skipped": []}
-        self.result["machine"]["commit"] = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        self.item_text: dict[str, torch.Tensor] = {}  # protocol -> pretrained item encodings (shared by variants)
+        try:
+            self.result["machine"]["commit"] = subprocess.run(
+                ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        except OSError:  # the GPU machine's copy of the tree may have no git
+            self.result["machine"]["commit"] = os.environ.get("LMREC_COMMIT", "")
+        self.item_text: dict[tuple, torch.Tensor] = {}  # pretrained item encodings, shared by variants
         self.models: dict[tuple[str, str], tuple] = {}
 
     def time_left(self) -> float:
@@ -116,10 +140,12 @@ class Bench:
         _, kind, label = PROTOCOLS[protocol]
         spec = spec_for(protocol, overrides, self.smoke)
         data = prepare_data(spec)
-        shared = self.item_text.get(protocol) if spec.model.encoder_init == "pretrained" or self.smoke else None
+        key = (protocol, spec.model.encoder, spec.model.max_length, spec.data.item_template)
+        # a student encoder (layer sharing) encodes differently from the pretrained one the others start from
+        shared = None if spec.strategy.name == "layer_sharing" else self.item_text.get(key)
         res = train_local(spec, data, device=self.device, item_text=shared)
         if not spec.optim.finetune_encoder:
-            self.item_text.setdefault(protocol, res.recipe.model.item_text.detach().clone())
+            self.item_text.setdefault(key, res.recipe.model.item_text.detach().clone())
         rec = res.recommender()
         cands = data.cold_items if kind == "cold" else None
         metrics = evaluate_ranking(rec, data.train, data.test, data.n_items, KS, candidates=cands,
@@ -138,7 +164,21 @@ class Bench:
                        "fit_seconds": round(res.fit_seconds, 1)},
         })
         self.models[(protocol, variant)] = (rec, data)
+        if kind == "warm" and variant in ("frozen", "full") and not self.smoke:
+            self.save_scores(protocol, variant, rec, data)
         return rec, data
+
+    def save_scores(self, protocol: str, variant: str, rec, data) -> None:
+        """Every user's item scores (float16) with train histories and with train + valid histories: the fusion
+        can then be refitted and rescored on any machine without retraining the member."""
+        users = np.arange(data.n_users)
+        valid_scores = rec.score_items(users).astype(np.float16)
+        known = pd.concat([data.train, data.valid]) if data.valid is not None else data.train
+        rec.fit(known, data.n_users, data.n_items)
+        test_scores = rec.score_items(users).astype(np.float16)
+        rec.fit(data.train, data.n_users, data.n_items)
+        path = self.out.parent / f"scores_{protocol}_{variant}.npz"
+        np.savez_compressed(path, valid=valid_scores, test=test_scores)
 
     def peers(self, protocol: str) -> None:
         """Content (cold) or collaborative (warm) peers on the identical split, fitted on train + valid rows."""
@@ -171,7 +211,13 @@ class Bench:
             return
         rec, data = got
         _, _, label = PROTOCOLS[protocol]
-        for r in fused_records(rec, data, data.dataset, label):
+        try:
+            fused = fused_records(rec, data, data.dataset, label)
+        except Exception as exc:  # noqa: BLE001  (a failed fusion must not cost the rest of a GPU run)
+            self.result["skipped"].append(f"{protocol}/fused: {type(exc).__name__}: {exc}")
+            self.write()
+            return
+        for r in fused:
             if r["variant"] != "fused":
                 continue  # the peers come from `peers` (same fitting), the two-tower from `train`
             self.add({**r, "protocol": protocol, "variant": f"fused[{variant}]", "model": "fused",
@@ -182,7 +228,7 @@ class Bench:
         if self.time_left() < 40:
             self.result["skipped"].append("u1: deadline")
             return
-        over = {**(SMOKE if self.smoke else {})}
+        over = {"scaling.engine": "ddp", **(SMOKE if self.smoke else {})}
         over.pop("data.max_users", None)  # the canonical u1 split needs all of u.data
         spec = load_spec(TrainSpec, U1_JOB, over)
         data = prepare_data(spec)
@@ -229,14 +275,47 @@ def summary(records: list[dict], device: str) -> dict:
     }
 
 
+def plot(result: dict, path: Path) -> None:
+    """Left: each protocol's frozen / fine-tuned / peers / fused NDCG@10; right: the ablations (ML-100K cold)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [r for r in result["records"] if "ndcg@10" in r["metrics"]]
+    main_recs = [r for r in recs if ":" not in r["variant"] or r["variant"].startswith("fused")]
+    abl = [r for r in recs if r["protocol"] == "ml100k-cold" and (":" in r["variant"] and not
+                                                                 r["variant"].startswith("fused")
+                                                                 or r["variant"] in ("frozen", "full"))]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [3, 2]})
+    colors = {"frozen": "tab:gray", "full": "tab:blue"}
+    for ax, group, title in ((axes[0], main_recs, "fine-tuned (full) vs frozen vs peers, same splits"),
+                             (axes[1], abl, "ML-100K cold items: recipe ablations and strategies")):
+        labels = [f"{r['protocol']}\n{r['variant']}" if ax is axes[0] else r["variant"] for r in group]
+        vals = [r["metrics"]["ndcg@10"] for r in group]
+        ax.bar(range(len(group)), vals, color=[colors.get(r["variant"], "tab:orange" if r["model"] == "fused"
+                                                          else "tab:green") for r in group])
+        ax.set_xticks(range(len(group)), labels, rotation=75, fontsize=6)
+        ax.set_ylabel("NDCG@10 (test)")
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(f"lmrec transfer benchmark on {result.get('device')}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=RESULTS / "transfer.json")
     ap.add_argument("--deadline", type=float, default=3600.0, help="Seconds; runs that would start later are skipped.")
     ap.add_argument("--smoke", action="store_true", help="Tiny random encoder, 1 epoch, 150 users (script check).")
     ap.add_argument("--ablations", default=",".join(ABLATIONS), help="Comma-separated subset ('' = none).")
+    ap.add_argument("--strategies", default=",".join(STRATEGIES), help="Comma-separated subset ('' = none).")
+    ap.add_argument("--plot-only", action="store_true", help="Redraw the PNG from an existing --out JSON.")
     ap.add_argument("--skip", default="", help="Comma-separated protocols to leave out.")
     args = ap.parse_args()
+    if args.plot_only:
+        plot(json.loads(args.out.read_text()), args.out.with_suffix(".png"))
+        return
     torch.manual_seed(0)
     np.random.seed(0)
     b = Bench(args.out, args.deadline, args.smoke)
@@ -247,6 +326,7 @@ def main() -> None:
             continue
         b.train(protocol, "frozen", FROZEN)
         b.train(protocol, "full", {}, need=60.0)
+        b.train(protocol, "full:prior_refit", ABLATIONS["prior_refit"], need=60.0)
         b.peers(protocol)
         if PROTOCOLS[protocol][1] == "warm":
             b.fused(protocol, "full")
@@ -257,10 +337,22 @@ def main() -> None:
         b.fused("mlls-warm", "frozen")
     if "u1" not in skip:
         b.u1()
-    for name in filter(None, args.ablations.split(",")):
+    ablations = [n for n in args.ablations.split(",") if n]
+    ablations = [n for n in ablations if n != "prior_refit"]  # run on every protocol above
+    first, rest = ablations[:4], ablations[4:]  # the recipe's own ingredients, then the strategies, then settings
+    for name in first:
         b.train("ml100k-cold", f"ablation:{name}", ABLATIONS[name], need=60.0)
+    for name in filter(None, args.strategies.split(",")):
+        b.train("ml100k-cold", f"strategy:{name}", STRATEGIES[name], need=60.0)
+    for name in rest:
+        b.train("ml100k-cold", f"ablation:{name}", ABLATIONS[name], need=60.0)
+    for protocol, over in TEXT_ABLATIONS.items():
+        if protocol not in skip:
+            b.train(protocol, "ablation:text_32_tokens:frozen", {**over, **FROZEN})
+            b.train(protocol, "ablation:text_32_tokens:full", over)
     b.result["machine"]["load_avg_at_end"] = os.getloadavg()[0]
     b.write()
+    plot(b.result, args.out.with_suffix(".png"))
     print(json.dumps(b.result["summary"], indent=1))
 
 

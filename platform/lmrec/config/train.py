@@ -24,6 +24,11 @@ class DataSpec(StrictModel):
         0.05, ge=0, lt=0.5,
         description="When the split has no valid part, this fraction of train rows (seeded) becomes valid (0 = none).",
     )
+    valid_by: Literal["rows", "items"] = Field(
+        "rows", description="What valid_from_train holds out: a fraction of the training rows, or of the training "
+        "items with all their rows (validation then ranks only those unseen items: model selection for cold-start "
+        "items measures what the cold-item test measures).",
+    )
     item_template: str | None = Field(
         None, description="Item text template (lmrec.data.text syntax); None = the dataset's default template."
     )
@@ -53,9 +58,10 @@ class ModelSpec(StrictModel):
         "log popularity on the item text (fixed; an unseen item is ranked with it), its item-ID part the seen items' "
         "residual, trained by the click softmax.",
     )
-    interest_prior: Literal["refit", "fixed"] = Field(
-        "refit", description="When a fine-tuned encoder re-encodes the catalogue: refit the text popularity prior on "
-        "the new item vectors (warm items keep their total term) or keep the first fit.",
+    interest_prior: Literal["fixed", "refit"] = Field(
+        "fixed", description="When a fine-tuned encoder re-encodes the catalogue: keep the first fit of the text "
+        "popularity prior (the encoder learns to follow it) or refit it on the new item vectors (warm items keep "
+        "their total term; unseen items' priors then drift upward and crowd warm rankings, see docs/strategies.md).",
     )
     rating_user: Literal["id", "tower"] = Field(
         "id", description="User factor of the rating head: ID (+ user text) part only, or the whole user tower."

@@ -125,8 +125,10 @@ class ClickTask:
         return loss, {"acc": acc}
 
     @staticmethod
-    def validate(recommender, train: pd.DataFrame, valid: pd.DataFrame, k: int = 10) -> dict[str, float]:
-        """NDCG@k / Recall@k over all items, training items excluded, relevant = the user's validation items."""
+    def validate(recommender, train: pd.DataFrame, valid: pd.DataFrame, k: int = 10,
+                 candidates: np.ndarray | None = None) -> dict[str, float]:
+        """NDCG@k / Recall@k over all items (or only ``candidates``: items held out for validation), training items
+        excluded, relevant = the user's validation items."""
         users = np.unique(valid["user_idx"].to_numpy())
         if len(users) == 0:
             return {}
@@ -137,6 +139,10 @@ class ClickTask:
         for start in range(0, len(users), 1024):
             block = users[start : start + 1024]
             scores = recommender.score_items(block)
+            if candidates is not None:
+                outside = np.ones(scores.shape[1], dtype=bool)
+                outside[np.asarray(candidates)] = False
+                scores[:, outside] = -np.inf
             for row, u in enumerate(block):
                 if u in seen.index:
                     scores[row, seen[u]] = -np.inf

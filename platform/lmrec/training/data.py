@@ -39,6 +39,8 @@ class PreparedData:
     user_tokens: np.ndarray | None = None
     user_lengths: np.ndarray | None = None
     cold_items: np.ndarray | None = None
+    # items held out of training for validation (``data.valid_by: items``): validation ranks only these
+    valid_items: np.ndarray | None = None
     split_params: dict = field(default_factory=dict)
     fingerprint: str = ""
     # Every interaction the model may know when ``train`` is only a sample of them (an incremental fine-tune
@@ -109,6 +111,7 @@ def build_prepared(
     item_texts: list[str],
     *,
     cold_items: np.ndarray | None = None,
+    valid_items: np.ndarray | None = None,
     split_params: dict | None = None,
     tokenizer=None,
     context: pd.DataFrame | None = None,
@@ -156,6 +159,7 @@ def build_prepared(
         user_tokens=u_ids,
         user_lengths=u_len,
         cold_items=cold_items,
+        valid_items=valid_items,
         split_params=params,
         fingerprint=fingerprint(dataset.name, params, train_c, list(item_texts)),
         context=compact(context),
@@ -181,13 +185,21 @@ def prepare_data(spec: TrainSpec) -> PreparedData:
     split = make_split(dataset, spec.data.split)
     train, valid = split.train, split.valid
     params = dict(split.params)
+    valid_items = None
     if (valid is None or len(valid) == 0) and spec.data.valid_from_train > 0:
         # a fixed, seeded slice of train: early stopping must never look at the test part
         rng = np.random.default_rng([spec.seed, 7])
-        is_valid = rng.random(len(train)) < spec.data.valid_from_train
+        if spec.data.valid_by == "items":
+            items = np.unique(train["item_idx"].to_numpy())
+            valid_items = np.sort(items[rng.random(len(items)) < spec.data.valid_from_train])
+            is_valid = train["item_idx"].isin(valid_items).to_numpy()
+            params["valid_by"] = "items"
+        else:
+            is_valid = rng.random(len(train)) < spec.data.valid_from_train
         train, valid = train[~is_valid], train[is_valid]
         params["valid_from_train"] = spec.data.valid_from_train
     texts = render_item_texts(dataset.items, spec.data.item_template or default_item_template(dataset.name))
     return build_prepared(
-        spec, dataset, train, valid, split.test, texts, cold_items=split.cold_items, split_params=params
+        spec, dataset, train, valid, split.test, texts, cold_items=split.cold_items, valid_items=valid_items,
+        split_params=params,
     )

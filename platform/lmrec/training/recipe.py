@@ -346,7 +346,7 @@ class TwoTowerRecipe:
             rec = self.as_recommender()
             if self.objective.task("rating") is not None:
                 out.update(RatingTask.validate(rec, valid))
-            out.update(ClickTask.validate(rec, self.data.known(), valid))
+            out.update(ClickTask.validate(rec, self.data.known(), valid, candidates=self.data.valid_items))
         out.update(self._observe(out))
         return out
 

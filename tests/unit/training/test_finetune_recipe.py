@@ -107,3 +107,32 @@ def test_text_prior_follows_the_encoder(prior):
     target -= target[count > 0].mean()
     assert np.corrcoef(pred[count > 0], target[count > 0])[0, 1] > 0.5
     torch.testing.assert_close(new_total[~seen], torch.as_tensor(pred[~seen.numpy()]), atol=1e-5, rtol=1e-5)
+
+
+def test_validation_by_held_out_items_ranks_only_them():
+    from lmrec.training.data import prepare_data
+
+    spec = tiny_spec(data={"dataset": "ml-100k", "max_users": 80, "max_items": 300, "valid_from_train": 0.2,
+                           "valid_by": "items", "split": {"kind": "per_user_random", "test_frac": 0.2, "seed": 0}},
+                     optim={"items_encoded_per_step": 0, "lr_encoder": 0.0})
+    data = prepare_data(spec)
+    assert data.valid_items is not None and len(data.valid_items) > 0
+    assert set(data.valid["item_idx"]) == set(data.valid_items)  # every row of a held-out item, only those
+    assert not set(data.train["item_idx"]) & set(data.valid_items)  # unseen in training
+    r = TwoTowerRecipe(spec, data, device=torch.device("cpu"))
+    assert not r.model.item_tower.seen[torch.as_tensor(data.valid_items)].any()
+    r.train_epoch(0, data.iter_train_batches(0, r.batch_size, 0))
+    got = r.validate()["val_ndcg@10"]
+    rec = r.as_recommender()
+
+    class OnlyHeldOut:  # the same scores with every other item pushed to the bottom
+        def score_items(self, users):
+            s = rec.score_items(users)
+            out = np.full_like(s, -1e9)
+            out[:, data.valid_items] = s[:, data.valid_items]
+            return out
+
+    from lmrec.models.tasks import ClickTask
+
+    assert got == pytest.approx(ClickTask.validate(OnlyHeldOut(), data.known(), data.valid)["val_ndcg@10"])
+    assert got != pytest.approx(ClickTask.validate(rec, data.known(), data.valid)["val_ndcg@10"])
