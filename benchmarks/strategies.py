@@ -52,8 +52,9 @@ COMMON = {"optim.log_every_steps": 1000, "scaling.engine": "ddp", "optim.batch_s
           "optim.lr_schedule": "cosine", "early_stopping.patience": 10, "optim.encode_batch_size": 128}
 FROZEN_EPOCHS = 4
 ENCODER_EPOCHS = 1
-ENCODER_ROWS = {"optim.epochs": ENCODER_EPOCHS, "optim.items_encoded_per_step": 4,
-                "optim.refresh_every_epochs": ENCODER_EPOCHS}
+# a CPU budget: a few of each step's items re-encoded (not the whole catalogue), the encoder trains from epoch 0
+ENCODER_ROWS = {"optim.epochs": ENCODER_EPOCHS, "optim.items_encoded_per_step": 4, "optim.encode_items": "batch",
+                "optim.encoder_start_epoch": 0, "optim.refresh_every_epochs": ENCODER_EPOCHS}
 # frozen-encoder rows first (the teacher and ensemble members among them), encoder-training rows after
 FROZEN_STRATEGIES = ("frozen", "distillation", "curriculum", "label_propagation")
 ENCODER_STRATEGIES = ("full", "lora", "progressive_unfreezing", "layer_sharing")
