@@ -1,6 +1,12 @@
 """Metrics and the evaluation driver: the same numbers for every model, from popularity to the two-tower."""
 
-from lmrec.evaluation.evaluate import evaluate_model, evaluate_ranking, evaluate_ratings, format_metrics_table
+from lmrec.evaluation.evaluate import (
+    evaluate_model,
+    evaluate_ranking,
+    evaluate_ratings,
+    format_metrics_table,
+    validation_metrics,
+)
 from lmrec.evaluation.metrics import (
     RANKING_METRICS,
     RankingAccumulator,
@@ -18,6 +24,7 @@ __all__ = [
     "auc",
     "evaluate_model",
     "evaluate_ranking",
+    "validation_metrics",
     "evaluate_ratings",
     "format_metrics_table",
     "mae",

@@ -85,6 +85,30 @@ def evaluate_ranking(
     return acc.result()
 
 
+def validation_metrics(
+    model: Recommender,
+    known_df: pd.DataFrame,
+    valid_df: pd.DataFrame,
+    n_items: int,
+    *,
+    k: int = 10,
+    ratings: bool = False,
+    candidates: ArrayLike | None = None,
+) -> dict[str, float]:
+    """What training validates on (early stopping, Tune, incremental promotion): ``evaluate_ranking`` of the
+    ``valid_df`` rows with the ``known_df`` items excluded (only ``candidates`` ranked when given: items held out
+    for validation), plus ``evaluate_ratings`` when ``ratings``; every key prefixed ``val_``. One implementation of
+    every metric, so ``val_recall@10`` is the ``recall@10`` the benchmarks report."""
+    out: dict[str, float] = {}
+    if ratings:
+        got = evaluate_ratings(model, valid_df)
+        out.update(val_rmse=float(got["rmse"]), val_mae=float(got["mae"]))
+    got = evaluate_ranking(model, known_df, valid_df, n_items, (k,), candidates=candidates)
+    if got.get("users", 0):
+        out.update({f"val_{m}@{k}": float(got[f"{m}@{k}"]) for m in ("ndcg", "recall")})
+    return out
+
+
 def evaluate_model(
     model: Recommender,
     split: Any,

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -84,12 +82,6 @@ class RatingTask:
         reg = reg + self.id_l2 * id_reg
         return mse + reg.float().mean(), {"rmse": float(mse.detach().sqrt())}
 
-    @staticmethod
-    def validate(recommender, valid: pd.DataFrame) -> dict[str, float]:
-        pred = recommender.predict(valid["user_idx"].to_numpy(), valid["item_idx"].to_numpy())
-        err = pred - valid["rating"].to_numpy(dtype=np.float32)
-        return {"val_rmse": float(np.sqrt(np.mean(err**2))), "val_mae": float(np.mean(np.abs(err)))}
-
 
 class ClickTask:
     """Implicit interest: softmax of each positive (user, item) against all warm items."""
@@ -123,37 +115,6 @@ class ClickTask:
         loss = F.cross_entropy(logits, target)
         acc = float((logits.detach().argmax(1) == target).float().mean())
         return loss, {"acc": acc}
-
-    @staticmethod
-    def validate(recommender, train: pd.DataFrame, valid: pd.DataFrame, k: int = 10,
-                 candidates: np.ndarray | None = None) -> dict[str, float]:
-        """NDCG@k / Recall@k over all items (or only ``candidates``: items held out for validation), training items
-        excluded, relevant = the user's validation items."""
-        users = np.unique(valid["user_idx"].to_numpy())
-        if len(users) == 0:
-            return {}
-        rel = valid.groupby("user_idx")["item_idx"].apply(np.asarray)
-        seen = train[train["user_idx"].isin(users)].groupby("user_idx")["item_idx"].apply(np.asarray)
-        discounts = 1.0 / np.log2(np.arange(2, k + 2))
-        ndcg, recall = [], []
-        for start in range(0, len(users), 1024):
-            block = users[start : start + 1024]
-            scores = recommender.score_items(block)
-            if candidates is not None:
-                outside = np.ones(scores.shape[1], dtype=bool)
-                outside[np.asarray(candidates)] = False
-                scores[:, outside] = -np.inf
-            for row, u in enumerate(block):
-                if u in seen.index:
-                    scores[row, seen[u]] = -np.inf
-            top = np.argpartition(-scores, k, axis=1)[:, :k]
-            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), 1), 1)
-            for row, u in enumerate(block):
-                hits = np.isin(top[row], rel[u])
-                ideal = discounts[: min(len(rel[u]), k)].sum()
-                ndcg.append(float((hits * discounts).sum() / ideal))
-                recall.append(float(hits.sum() / min(len(rel[u]), k)))
-        return {f"val_ndcg@{k}": float(np.mean(ndcg)), f"val_recall@{k}": float(np.mean(recall))}
 
 
 class RelatedTask:

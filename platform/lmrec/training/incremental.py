@@ -207,12 +207,12 @@ def select_new(interactions: pd.DataFrame, cutoff: int, spec: TrainSpec) -> Sele
 
 
 # ---- evaluation ----
-def holdout_metrics(recommender, known: pd.DataFrame, holdout: pd.DataFrame, rating: bool) -> dict[str, float]:
+def holdout_metrics(recommender, known: pd.DataFrame, holdout: pd.DataFrame, n_items: int,
+                    rating: bool) -> dict[str, float]:
     """The recipe's validation metrics on the held-out slice (ranking excludes the ``known`` items)."""
-    from lmrec.models.tasks import ClickTask, RatingTask
+    from lmrec.evaluation.evaluate import validation_metrics
 
-    out = RatingTask.validate(recommender, holdout) if rating else {}
-    return out | ClickTask.validate(recommender, known, holdout)
+    return validation_metrics(recommender, known, holdout, n_items, ratings=rating)
 
 
 def deployed_recommender(art, data, seed: int = 0):
@@ -312,7 +312,8 @@ def run_incremental(spec: TrainSpec, from_artifact: str, *, spec_path: str | Pat
                                new_items=dataset.n_items - len(art.item_ids))
     log.info("incremental: %s; %d new users, %d new items", result.selection, result.new_users, result.new_items)
     rating = spec.tasks.rating.weight > 0
-    deployed["metrics"] = holdout_metrics(deployed_recommender(art, data, spec.seed), data.known(), data.test, rating)
+    deployed["metrics"] = holdout_metrics(deployed_recommender(art, data, spec.seed), data.known(), data.test,
+                                         data.n_items, rating)
 
     init_state = expand_state(art.model.state_dict(), data.n_users, data.n_items, spec.seed)
     init_state.pop("history")  # rebuilt from the known interactions
@@ -322,7 +323,8 @@ def run_incremental(spec: TrainSpec, from_artifact: str, *, spec_path: str | Pat
         "artifact": trained.artifact_path, "run_path": trained.run_path,
         "sha256": sha256_file(cand_dir / "manifest.json"), "epochs": len(trained.history),
         "train_seconds": round(trained.seconds, 1),
-        "metrics": holdout_metrics(load_artifact(cand_dir).recommender, data.known(), data.test, rating),
+        "metrics": holdout_metrics(load_artifact(cand_dir).recommender, data.known(), data.test, data.n_items,
+                                   rating),
     }
     new, old = result.candidate["metrics"][inc.metric], deployed["metrics"][inc.metric]
     result.reason = (f"{inc.metric} {new:.4f} vs deployed {old:.4f} ({'lower' if inc.mode == 'min' else 'higher'} "

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lmrec.config.train import TrainSpec
+from lmrec.evaluation.evaluate import validation_metrics
 from lmrec.models.encoder import build_encoder, load_tokenizer
 from lmrec.models.tasks import ClickTask, MultiTaskObjective, RatingTask, RelatedTask, StepContext
 from lmrec.models.two_tower import TwoTowerModel, TwoTowerRecommender
@@ -343,10 +344,9 @@ class TwoTowerRecipe:
         valid = self.data.valid
         out: dict[str, float] = {}
         if valid is not None and len(valid):
-            rec = self.as_recommender()
-            if self.objective.task("rating") is not None:
-                out.update(RatingTask.validate(rec, valid))
-            out.update(ClickTask.validate(rec, self.data.known(), valid, candidates=self.data.valid_items))
+            out.update(validation_metrics(self.as_recommender(), self.data.known(), valid, self.data.n_items,
+                                          ratings=self.objective.task("rating") is not None,
+                                          candidates=self.data.valid_items))
         out.update(self._observe(out))
         return out
 

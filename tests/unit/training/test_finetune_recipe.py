@@ -122,7 +122,7 @@ def test_validation_by_held_out_items_ranks_only_them():
     r = TwoTowerRecipe(spec, data, device=torch.device("cpu"))
     assert not r.model.item_tower.seen[torch.as_tensor(data.valid_items)].any()
     r.train_epoch(0, data.iter_train_batches(0, r.batch_size, 0))
-    got = r.validate()["val_ndcg@10"]
+    got = r.validate()
     rec = r.as_recommender()
 
     class OnlyHeldOut:  # the same scores with every other item pushed to the bottom
@@ -132,7 +132,33 @@ def test_validation_by_held_out_items_ranks_only_them():
             out[:, data.valid_items] = s[:, data.valid_items]
             return out
 
-    from lmrec.models.tasks import ClickTask
+    from lmrec.evaluation import evaluate_ranking
 
-    assert got == pytest.approx(ClickTask.validate(OnlyHeldOut(), data.known(), data.valid)["val_ndcg@10"])
-    assert got != pytest.approx(ClickTask.validate(rec, data.known(), data.valid)["val_ndcg@10"])
+    on_held_out = evaluate_ranking(OnlyHeldOut(), data.known(), data.valid, data.n_items)
+    assert got["val_ndcg@10"] == pytest.approx(on_held_out["ndcg@10"])
+    assert got["val_ndcg@10"] != pytest.approx(evaluate_ranking(rec, data.known(), data.valid, data.n_items)["ndcg@10"])
+
+
+def test_validation_metrics_are_the_reported_metrics():
+    """val_recall@10 / val_ndcg@10 (early stopping, Tune) equal what ``evaluation`` reports on the same data."""
+    from lmrec.evaluation import evaluate_ranking, evaluate_ratings
+
+    spec = tiny_spec(data={"dataset": "ml-100k", "max_users": 80, "max_items": 300, "valid_from_train": 0.2,
+                           "split": {"kind": "per_user_random", "test_frac": 0.2, "seed": 0}},
+                     optim={"items_encoded_per_step": 0, "lr_encoder": 0.0})
+    from lmrec.training.data import prepare_data
+
+    data = prepare_data(spec)
+    r = TwoTowerRecipe(spec, data, device=torch.device("cpu"))
+    r.train_epoch(0, data.iter_train_batches(0, r.batch_size, 0))
+    got = r.validate()
+    rec = r.as_recommender()
+    ranking = evaluate_ranking(rec, data.known(), data.valid, data.n_items, (10,))
+    ratings = evaluate_ratings(rec, data.valid)
+    assert got["val_recall@10"] == pytest.approx(ranking["recall@10"])
+    assert got["val_ndcg@10"] == pytest.approx(ranking["ndcg@10"])
+    assert got["val_rmse"] == pytest.approx(ratings["rmse"])
+    # recall's denominator is the number of relevant items, not min(k, relevant): a user with > 10 validation items
+    # cannot reach 1.0
+    many = data.valid.groupby("user_idx").size()
+    assert (many > 10).any() and got["val_recall@10"] < 1.0
