@@ -1,7 +1,8 @@
 """The main job on the embedded default: MovieLens 100K, from data to a served, tuned recommender.
 
-Stages: classic baselines side by side; the MiniLM two-tower trained on Ray Train (2 workers); a small Ray Tune
-search over its task weights; the ensemble (two-tower + MF) deployed with Ray Serve and called. Each stage prints
+Stages: classic baselines side by side; the MiniLM ranker fused with EASE and item-kNN in the ranking table; the
+MiniLM two-tower trained on Ray Train (2 workers); a small Ray Tune search over its task weights; the ensemble
+(two-tower + MF) deployed with Ray Serve and called. Each stage prints
 progress as it goes; the report folder gets ``summary.md``, ``metrics.json`` and PNG charts.
 """
 
@@ -89,7 +90,7 @@ def _tune(ds, out_dir: Path, stages: int, rating_records: list[dict]):
     """Stage 5: the committed task-weight search, shrunk to 4 trials; its best trial's artifact joins the table."""
     from lmrec.demo_stages import tune_chart, tune_stage
 
-    print(f"[5/{stages}] Ray Tune: 4 trials over task weights + head LR (Optuna TPE, ASHA)", flush=True)
+    print(f"[6/{stages}] Ray Tune: 4 trials over task weights + head LR (Optuna TPE, ASHA)", flush=True)
     outcome = tune_stage(out_dir)
     tune_chart(outcome, out_dir / "tune_trials.png")
     print(f"      {len(outcome.table)} trials, {outcome.epochs_used}/{outcome.epochs_possible} trial-epochs run "
@@ -105,7 +106,7 @@ def _serve(spec, artifact: str, out_dir: Path, stages: int):
     from lmrec.serving.mf_artifact import train_mf_artifact
     from lmrec.training.data import prepare_data
 
-    print(f"[6/{stages}] Ray Serve: the ensemble (two-tower + MF) on loopback, sample requests", flush=True)
+    print(f"[7/{stages}] Ray Serve: the ensemble (two-tower + MF) on loopback, sample requests", flush=True)
     data = prepare_data(spec)
     mf = train_mf_artifact(data, out_dir / "artifacts" / "mf")
     # raw ids as plain Python values: they go into JSON request bodies
@@ -153,7 +154,7 @@ def run_demo(out_dir: Path, *, quick: bool = False) -> int:
 
     t_start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    stages = 3 if quick else 6
+    stages = 3 if quick else 7
     print(f"[1/{stages}] loading MovieLens 100K", flush=True)
     ds = load_dataset("ml-100k")
     print(f"      {ds.n_users} users, {ds.n_items} items, {len(ds.interactions):,} ratings", flush=True)
@@ -175,8 +176,15 @@ def run_demo(out_dir: Path, *, quick: bool = False) -> int:
 
     history: list[dict] = []
     tuned = served = None
+    fused = None
     if not quick:
-        print(f"[4/{stages}] training the MiniLM two-tower on Ray Train (2 workers, u1)", flush=True)
+        from lmrec.demo_stages import fused_stage
+
+        print(f"[4/{stages}] the MiniLM ranker (jobs/ml100k-ranking.yaml) fused with EASE and item-kNN", flush=True)
+        fused = fused_stage()
+        ranking_records.extend(fused.records)
+        print(f"      fusion weights (fitted on validation): {fused.weights}", flush=True)
+        print(f"[5/{stages}] training the MiniLM two-tower on Ray Train (2 workers, u1)", flush=True)
         encoder_record, history, spec = _train_encoder(ds, out_dir)
         rating_records.append(encoder_record)
         _curve_chart(history, out_dir / "training_curve.png")
@@ -189,7 +197,8 @@ def run_demo(out_dir: Path, *, quick: bool = False) -> int:
     print("\nFull ranking, ML-100K per-user 80/20\n" + ranking_table)
 
     records = rating_records + ranking_records
-    report = {"records": records, "tune": tuned and {k: v for k, v in tuned.__dict__.items() if k != "files"},
+    report = {"records": records, "fused": fused and {"weights": fused.weights, "seconds": round(fused.seconds, 1)},
+              "tune": tuned and {k: v for k, v in tuned.__dict__.items() if k != "files"},
               "serve": served and {"summary": served.summary(), "samples": served.samples}}
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
     _bar_chart(rating_records, "rmse", out_dir / "rating_rmse.png", "ML-100K u1: RMSE (lower is better)")
@@ -201,6 +210,9 @@ def run_demo(out_dir: Path, *, quick: bool = False) -> int:
         f"Wall time {elapsed:.0f} s.\n\n"
         "## Rating prediction (u1)\n\n```\n" + rating_table + "\n```\n\n![rmse](rating_rmse.png)\n\n"
         "## Full ranking (per-user 80/20, training items excluded)\n\n```\n" + ranking_table + "\n```\n\n"
+        + (f"The fused row is what the ensemble service ranks: the MiniLM ranker, EASE and item-kNN, z-scored per "
+           f"user and mixed with weights {fused.weights} fitted on a validation slice of the training rows.\n\n"
+           if fused else "")
         "![ndcg](ranking_ndcg.png)\n"
         + ("\n## Two-tower training curve\n\n![curve](training_curve.png)\n" if history else "")
         + _tune_section(tuned) + _serve_section(served)
