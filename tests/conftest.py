@@ -99,8 +99,10 @@ TINY_SPEC = {
 
 @pytest.fixture(scope="session")
 def serving_artifacts(data_dir: Path, tmp_path_factory) -> dict:
-    """Two two-tower artifact versions (seeds 0 and 1) and an MF artifact, all on the same split."""
+    """Two two-tower artifact versions (seeds 0 and 1), an MF, an EASE and an item-kNN artifact, all on the same
+    split."""
     from lmrec.config.train import TrainSpec
+    from lmrec.serving.item_item_artifact import train_item_item_artifact
     from lmrec.serving.mf_artifact import train_mf_artifact
     from lmrec.training.data import prepare_data
     from lmrec.training.local import train_local
@@ -112,5 +114,8 @@ def serving_artifacts(data_dir: Path, tmp_path_factory) -> dict:
     train_local(spec, data, device="cpu", artifact_dir=root / "two-tower-v1")
     train_local(spec.model_copy(update={"seed": 1}), data, device="cpu", artifact_dir=root / "two-tower-v2")
     train_mf_artifact(data, root / "mf", factors=8, epochs=10)
-    return {"v1": root / "two-tower-v1", "v2": root / "two-tower-v2", "mf": root / "mf", "data": data}
+    train_item_item_artifact(data, root / "ease", "ease", l2=50.0)
+    train_item_item_artifact(data, root / "item_knn", "item_knn", k=20)
+    return {"v1": root / "two-tower-v1", "v2": root / "two-tower-v2", "mf": root / "mf", "ease": root / "ease",
+            "item_knn": root / "item_knn", "data": data}
 

@@ -13,8 +13,10 @@ from pydantic import Field, field_validator
 from lmrec.config.base import StrictModel
 from lmrec.config.train import DataSpec
 
-# The members Serve's ingress fuses (``lmrec.serving.app.EnsembleWeights``); two_tower also serves texts.
-MEMBERS = ("two_tower", "mf")
+# The members Serve's ingress fuses (``lmrec.serving.app.EnsembleWeights``); two_tower also serves texts. Each name
+# takes its own artifact kind: two_tower a two-tower artifact, mf an MF artifact, ease / item_knn an item-item
+# artifact of that kind (``lmrec.serving.item_item_artifact``).
+MEMBERS = ("two_tower", "mf", "ease", "item_knn")
 
 
 class EnsembleFitSpec(StrictModel):
@@ -46,6 +48,8 @@ class EnsembleSpec(StrictModel):
             raise ValueError(f"unknown member(s) {unknown}: Serve fuses {', '.join(MEMBERS)}")
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got {sorted(members) or 'none'}")
+        if "two_tower" not in members:  # Serve's ingress ranks in the two-tower's item space
+            raise ValueError(f"an ensemble needs a two_tower member, got {sorted(members)}")
         empty = sorted(m for m, location in members.items() if not location.strip())
         if empty:
             raise ValueError(f"member(s) {empty} have an empty artifact location")

@@ -47,6 +47,19 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def write_member_manifest(root: Path, fmt: str, *, user_ids, item_ids, item_texts: list[str] | None, n_items: int,
+                          fields: dict) -> None:
+    """``id_maps.json`` and the manifest (format, ``fields``, sha256 of every file) of a collaborative member
+    artifact (MF, EASE, item-kNN): written after its arrays, so the manifest covers them."""
+    plain = lambda ids: [v.item() if hasattr(v, "item") else v for v in list(ids)]  # noqa: E731
+    texts = list(item_texts) if item_texts is not None else [""] * n_items
+    (root / "id_maps.json").write_text(json.dumps(
+        {"user_ids": plain(user_ids), "item_ids": plain(item_ids), "item_texts": texts}))
+    manifest = {"format": fmt, "created_unix": int(time.time()), **fields,
+                "files": {rel: sha256_file(root / rel) for rel in _listed_files(root)}}
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+
+
 def is_plain_relative(name: str) -> bool:
     """A manifest entry that names a file inside its folder: relative, no ``..``, no backslash or NUL byte."""
     pure = PurePosixPath(name)

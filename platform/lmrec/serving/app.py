@@ -4,6 +4,8 @@ Graph::
 
     EnsembleIngress (FastAPI) --> TwoTowerScorer   (two-tower artifact: precomputed item index)
                               --> MFScorer         (MF artifact; optional)
+                              --> EaseScorer       (EASE item-item artifact; optional)
+                              --> ItemKNNScorer    (item-kNN item-item artifact; optional)
                               --> TextEncoderService (@serve.batch; same two-tower artifact)
                               --> ItemCatalog      (1 replica: items added at run time; polled, not per request)
 
@@ -29,9 +31,22 @@ from pydantic import Field, model_validator
 from lmrec.config.base import StrictModel
 
 
+# The members beside the two-tower, by name: each has a ``<name>_artifact`` argument and a weight. A closed set
+# (a typo is a validation error), in the order the ingress consults them (``scorers.MEMBER_DEPLOYMENTS``).
+COLLABORATIVE = ("mf", "ease", "item_knn")
+
+
 class EnsembleWeights(StrictModel):
     two_tower: float = Field(0.7, ge=0, description="Weight of the two-tower's z-scored scores.")
     mf: float = Field(0.3, ge=0, description="Weight of the MF member's z-scored scores (ignored without MF).")
+    ease: float = Field(0.0, ge=0, description="Weight of the EASE member's z-scored scores (needs ease_artifact).")
+    item_knn: float = Field(
+        0.0, ge=0, description="Weight of the item-kNN member's z-scored scores (needs item_knn_artifact).")
+
+
+def artifact_arg(member: str) -> str:
+    """The ``ServeAppArgs`` field holding ``member``'s artifact location."""
+    return f"{member}_artifact"
 
 
 class ServeAppArgs(StrictModel):
@@ -44,11 +59,18 @@ class ServeAppArgs(StrictModel):
     mf_artifact: str | None = Field(
         None, description="MF artifact (lmrec.serving.mf_artifact): a folder or a storage URI."
     )
+    ease_artifact: str | None = Field(
+        None, description="EASE artifact (lmrec.serving.item_item_artifact, kind ease): a folder or a storage URI."
+    )
+    item_knn_artifact: str | None = Field(
+        None, description="Item-kNN artifact (lmrec.serving.item_item_artifact, kind item_knn): a folder or a "
+                          "storage URI."
+    )
     weights: EnsembleWeights = Field(default_factory=EnsembleWeights, description="Fusion weights per member.")
     ensemble_artifact: str | None = Field(
         None, description="Ensemble artifact (`lmrec ensemble`): a folder or a storage URI. It names the member "
-                          "artifacts and their fusion weights, so it replaces two_tower_artifact, mf_artifact and "
-                          "weights; Serve uses its ranking weights for /recommend and /predict alike."
+                          "artifacts and their fusion weights, so it replaces two_tower_artifact, the other members' "
+                          "*_artifact and weights; Serve uses its ranking weights for /recommend and /predict alike."
     )
     max_body_bytes: int = Field(65536, ge=1024, le=16 * 2**20, description="Larger request bodies get 413.")
     liked_threshold: float = Field(4.0, description="Ratings at or above this count as liked (explanations).")
@@ -56,16 +78,30 @@ class ServeAppArgs(StrictModel):
     @model_validator(mode="after")
     def _members(self) -> "ServeAppArgs":
         if self.ensemble_artifact is not None:
-            clash = sorted({"two_tower_artifact", "mf_artifact", "weights"} & self.model_fields_set)
+            named = {"two_tower_artifact", "weights", *map(artifact_arg, COLLABORATIVE)}
+            clash = sorted(named & self.model_fields_set)
             if clash:
                 raise ValueError(f"ensemble_artifact names the members and their weights: remove {', '.join(clash)} "
                                  f"(or remove ensemble_artifact)")
             return self
         if self.two_tower_artifact is None:
             raise ValueError("two_tower_artifact is required (or set ensemble_artifact)")
-        if self.weights.two_tower == 0 and (self.mf_artifact is None or self.weights.mf == 0):
+        missing = sorted(m for m in COLLABORATIVE if m in self.weights.model_fields_set
+                         and getattr(self.weights, m) > 0 and self.artifact(m) is None)
+        if missing:
+            raise ValueError(f"weights for {', '.join(missing)} but no {', '.join(map(artifact_arg, missing))}: a "
+                             f"member is weighted only when it has an artifact")
+        if not any(w > 0 for w in self.served_weights().values()):
             raise ValueError("every member weight is 0")
         return self
+
+    def artifact(self, member: str) -> str | None:
+        """The artifact location of ``member`` (``two_tower`` or one of ``COLLABORATIVE``), or None."""
+        return getattr(self, artifact_arg(member))
+
+    def served_weights(self) -> dict[str, float]:
+        """The weights of the members that have an artifact (what the ingress fuses), two_tower first."""
+        return {m: w for m, w in self.weights.model_dump().items() if self.artifact(m) is not None}
 
 
 def resolve_ensemble(args: ServeAppArgs) -> ServeAppArgs:
@@ -80,12 +116,12 @@ def resolve_ensemble(args: ServeAppArgs) -> ServeAppArgs:
     from lmrec.strategies.ensemble_artifact import load_ensemble_artifact
 
     ens = load_ensemble_artifact(args.ensemble_artifact)
-    served = set(EnsembleWeights.model_fields)
-    if "two_tower" not in ens.members or not set(ens.members) <= served:
+    served = list(EnsembleWeights.model_fields)
+    if "two_tower" not in ens.members or not set(ens.members) <= set(served):
         raise ValueError(f"{args.ensemble_artifact}: members {sorted(ens.members)}; Serve needs two_tower and "
                          f"fuses only {', '.join(sorted(served))}")
     return ServeAppArgs(
-        two_tower_artifact=ens.members["two_tower"], mf_artifact=ens.members.get("mf"),
+        **{artifact_arg(m): ens.members.get(m) for m in served},
         weights=EnsembleWeights(**{m: ens.weights.get(m, 0.0) for m in served}),
         max_body_bytes=args.max_body_bytes, liked_threshold=args.liked_threshold,
     )
@@ -98,7 +134,7 @@ def check_artifacts(args: ServeAppArgs) -> None:
     """
     from lmrec.storage import exists, join, normalize
 
-    for path in (args.two_tower_artifact, args.mf_artifact):
+    for path in (args.artifact(m) for m in EnsembleWeights.model_fields):
         if path is not None and not exists(join(path, "manifest.json")):
             raise FileNotFoundError(f"{normalize(path)}: no manifest.json (not an artifact folder)")
 
@@ -108,7 +144,7 @@ def build_app(args: ServeAppArgs):
     from lmrec.serving.encoder_service import TextEncoderService
     from lmrec.serving.ensemble import EnsembleIngress
     from lmrec.serving.catalog import ItemCatalog
-    from lmrec.serving.scorers import MFScorer, TwoTowerScorer
+    from lmrec.serving.scorers import MEMBER_DEPLOYMENTS, TwoTowerScorer
     from lmrec.storage import normalize
 
     args = resolve_ensemble(ServeAppArgs.model_validate(args) if not isinstance(args, ServeAppArgs) else args)
@@ -116,10 +152,10 @@ def build_app(args: ServeAppArgs):
     tt_config = {"artifact_dir": normalize(args.two_tower_artifact)}
     two_tower = TwoTowerScorer.options(user_config=tt_config).bind()
     encoder = TextEncoderService.options(user_config=tt_config).bind()
-    mf = None
-    if args.mf_artifact is not None:
-        mf = MFScorer.options(user_config={"artifact_dir": normalize(args.mf_artifact)}).bind()
-    return EnsembleIngress.bind(two_tower, mf, encoder, ItemCatalog.bind(), args.weights.model_dump(),
+    # Serve finds the bound deployments nested in the dict and hands the ingress a DeploymentHandle for each
+    members = {m: MEMBER_DEPLOYMENTS[m].options(user_config={"artifact_dir": normalize(args.artifact(m))}).bind()
+               for m in COLLABORATIVE if args.artifact(m) is not None}
+    return EnsembleIngress.bind(two_tower, members, encoder, ItemCatalog.bind(), args.served_weights(),
                                 args.max_body_bytes, args.liked_threshold)
 
 
@@ -186,15 +222,17 @@ def build_bare_app(args: ServeAppArgs):
     from lmrec.serving.api import build_api
     from lmrec.serving.encoder_service import TextEncoderCore
     from lmrec.serving.ensemble import EnsembleRouter
-    from lmrec.serving.members import MFMember, TwoTowerMember
+    from lmrec.serving.members import ItemItemMember, MFMember, TwoTowerMember
     from lmrec.serving.catalog import ItemCatalogCore
 
     args = resolve_ensemble(ServeAppArgs.model_validate(args) if not isinstance(args, ServeAppArgs) else args)
     check_artifacts(args)
-    mf = LocalHandle(_LocalMember(MFMember(args.mf_artifact))) if args.mf_artifact else None
+    member_cls = {"mf": MFMember, "ease": ItemItemMember, "item_knn": ItemItemMember}
+    members = {m: LocalHandle(_LocalMember(member_cls[m](args.artifact(m))))
+               for m in COLLABORATIVE if args.artifact(m) is not None}
     router = EnsembleRouter(
-        LocalHandle(_LocalMember(TwoTowerMember(args.two_tower_artifact))), mf,
+        LocalHandle(_LocalMember(TwoTowerMember(args.two_tower_artifact))), members,
         LocalHandle(_LocalEncoder(TextEncoderCore(args.two_tower_artifact))), LocalHandle(ItemCatalogCore()),
-        args.weights.model_dump(), liked_threshold=args.liked_threshold,
+        args.served_weights(), liked_threshold=args.liked_threshold,
     )
     return build_api(router, args.max_body_bytes, title="lmrec recommendation service (bare, single process)")

@@ -51,7 +51,7 @@ def _absolute_artifacts(raw: dict, base: Path) -> dict:
     out = copy.deepcopy(raw)
     for app in out.get("applications", []):
         args = app.get("args") or {}
-        for key in ("two_tower_artifact", "mf_artifact", "ensemble_artifact"):
+        for key in ("two_tower_artifact", "mf_artifact", "ease_artifact", "item_knn_artifact", "ensemble_artifact"):
             if isinstance(args.get(key), str) and not is_uri(args[key]):
                 args[key] = str((base / args[key]).resolve())
         for d in app.get("deployments", []):
@@ -61,7 +61,8 @@ def _absolute_artifacts(raw: dict, base: Path) -> dict:
     return out
 
 
-def with_artifacts(raw: dict, two_tower_artifact: str | None = None, mf_artifact: str | None = None) -> dict:
+def with_artifacts(raw: dict, two_tower_artifact: str | None = None, mf_artifact: str | None = None,
+                   ease_artifact: str | None = None, item_knn_artifact: str | None = None) -> dict:
     """A copy of a Serve config dict whose member ``user_config``s point at new artifacts (a hot swap).
 
     Only ``user_config`` changes, so Serve reconfigures the running replicas instead of restarting them.
@@ -70,7 +71,7 @@ def with_artifacts(raw: dict, two_tower_artifact: str | None = None, mf_artifact
 
     out = copy.deepcopy(raw)
     targets = {"TwoTowerScorer": two_tower_artifact, "TextEncoderService": two_tower_artifact,
-               "MFScorer": mf_artifact}
+               "MFScorer": mf_artifact, "EaseScorer": ease_artifact, "ItemKNNScorer": item_knn_artifact}
     for app in out["applications"]:
         deployments = {d["name"]: d for d in app.setdefault("deployments", [])}
         for name, path in targets.items():

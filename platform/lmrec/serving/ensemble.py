@@ -1,8 +1,13 @@
 """The ensemble: fuse member scores per request, and the Serve ingress deployment that exposes it over HTTP.
 
-Fusion: each member's scores are z-scored over the request's candidate items (members live on different scales:
-MF predicts ratings, the two-tower a cosine), then averaged with the configured weights. An item a member cannot
-score (an item added at run time has no MF factors) gets that member's mean, z = 0, i.e. no opinion.
+Members: the two-tower, plus any collaborative members by name (``mf``, ``ease``, ``item_knn``; see
+``lmrec.serving.app``). Fusion (``lmrec.strategies.fusion.fuse_scores``, the offline ensemble's own function): each
+member's scores are z-scored over the request's candidate items (members live on different scales), then averaged
+with the configured weights. An item a member cannot score (an item added at run time has no MF factors) gets that
+member's mean, z = 0, i.e. no opinion. ``/recommend`` and cold start fuse every member the same way, whatever its
+name. The two-tower keeps its own roles: its item index is the request's id space (artifact items, then run-time
+items), and only it can score run-time items, texts (similar-by-text, profiles) and explanations; ``/predict``
+blends the rating members (two-tower and MF).
 
 ``EnsembleRouter`` holds the request logic over *handles* (``await h.method.remote(...)``); in Serve they are
 ``DeploymentHandle``s, in the benchmark's bare app in-process objects, so both run the identical computation.
@@ -28,52 +33,33 @@ from lmrec.serving.api import (
 from lmrec.serving.autoscaling import METRIC as CPU_METRIC, CpuClock
 from lmrec.serving.protocol import SKEW, IdMap
 from lmrec.serving.tables import ScoreTable
+from lmrec.strategies.fusion import fuse_scores, top_k, zscore  # noqa: F401  (zscore: this module's old name)
 
-
-def zscore(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """(s - mean) / std over the finite entries inside ``mask``; other entries and a constant member give 0."""
-    ok = mask & np.isfinite(scores)
-    out = np.zeros(len(scores), dtype=np.float64)
-    if ok.sum() == 0:
-        return out
-    vals = scores[ok].astype(np.float64)
-    std = vals.std()
-    out[ok] = (vals - vals.mean()) / std if std > 1e-12 else 0.0
-    return out
-
-
-def fuse_scores(members: dict[str, np.ndarray | None], weights: dict[str, float], mask: np.ndarray) -> np.ndarray:
-    """Weighted mean of per-member z-scores; -inf outside ``mask``. Members that are None are left out."""
-    present = {m: s for m, s in members.items() if s is not None and weights.get(m, 0) > 0}
-    if not present:
-        raise ValueError("no member can score this request")
-    total = sum(weights[m] for m in present)
-    fused = sum(weights[m] / total * zscore(s, mask) for m, s in present.items())
-    return np.where(mask, fused, -np.inf)
-
-
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k highest finite scores, best first (ties by index)."""
-    k = min(k, int(np.isfinite(scores).sum()))
-    if k == 0:
-        return np.zeros(0, dtype=np.int64)
-    top = np.argpartition(-scores, k - 1)[:k]
-    return top[np.lexsort((top, -scores[top]))]
+TWO_TOWER = "two_tower"
 
 
 class EnsembleRouter:
-    """Request logic of every endpoint over member handles (see module docstring)."""
+    """Request logic of every endpoint over member handles (see module docstring).
 
-    def __init__(self, two_tower, mf, encoder, catalog, weights: dict[str, float], liked_threshold: float = 4.0,
+    ``members``: name -> handle of the members beside the two-tower, e.g. ``{"mf": ..., "ease": ...}``; a bare
+    handle (or None) is the MF member alone, the two-member form of old.
+    """
+
+    def __init__(self, two_tower, members, encoder, catalog, weights: dict[str, float], liked_threshold: float = 4.0,
                  explain_items: int = 3, skew_retry_s: float = 15.0, catalog_poll_s: float = 0.5) -> None:
-        self.tt, self.mf, self.encoder, self.catalog = two_tower, mf, encoder, catalog
+        if not isinstance(members, dict):
+            members = {"mf": members}
+        if TWO_TOWER in members:
+            raise ValueError("the two-tower is the first argument, not one of the other members")
+        self.tt, self.encoder, self.catalog = two_tower, encoder, catalog
+        self.members = {m: h for m, h in members.items() if h is not None}
         # Asking the catalog (or a member) on every request would be an extra hop on the hot path: this replica
         # looks once per ``poll_s``, in the background, so no request waits for the look. That bounds how late
         # another ingress replica learns of an added item (the replica that served POST /items syncs at once, so
         # "recommendable at once" holds) and how long /recommend answers from the old tables after a hot swap.
         self.poll_s = catalog_poll_s
         self._catalog_checked = self._tables_checked = -float("inf")
-        self._tables: tuple[ScoreTable, ScoreTable | None] | None = None
+        self._tables: dict[str, ScoreTable] | None = None  # member name -> its score table
         self._tasks: dict[str, asyncio.Task] = {}
         self.weights = dict(weights)
         self.liked_threshold, self.explain_items, self.skew_retry_s = liked_threshold, explain_items, skew_retry_s
@@ -87,28 +73,39 @@ class EnsembleRouter:
         self._lock = asyncio.Lock()
         self._encode_lock = asyncio.Lock()
 
+    @property
+    def mf(self):
+        """The MF member's handle (the rating member beside the two-tower for ``/predict``), or None."""
+        return self.members.get("mf")
+
     # ---- id spaces ----
     async def _space(self, handle, sha: str) -> tuple[IdMap, list]:
         if sha not in self.spaces:
             got_sha, ids = await handle.item_ids.remote()
             texts = [None] * len(ids)
-            if handle is self.mf:
+            if handle is not self.tt:  # the collaborative members' artifacts carry the item texts
                 _, texts = await handle.item_texts.remote()
             self.spaces[got_sha] = (IdMap(ids), list(texts))
             if got_sha != sha:  # swapped between two calls: the newest map is the best guess
                 return self.spaces[got_sha]
         return self.spaces[sha]
 
-    async def _alignment(self, tt_sha: str, mf_sha: str) -> tuple[np.ndarray, np.ndarray]:
-        """(mf index of each tt item or -1, tt index of each mf item or -1), cached per artifact pair."""
-        key = (tt_sha, mf_sha)
+    async def _alignment(self, tt_sha: str, member: str, member_sha: str) -> tuple[np.ndarray, np.ndarray]:
+        """(member index of each tt item or -1, tt index of each member item or -1), cached per artifact pair."""
+        key = (tt_sha, member_sha)
         if key not in self.aligned:
             tt_map, _ = await self._space(self.tt, tt_sha)
-            mf_map, _ = await self._space(self.mf, mf_sha)
+            m_map, _ = await self._space(self.members[member], member_sha)
             tt_ids = pd.Index([str(v) for v in tt_map.ids])
-            mf_ids = pd.Index([str(v) for v in mf_map.ids])
-            self.aligned[key] = (mf_ids.get_indexer(tt_ids), tt_ids.get_indexer(mf_ids))
+            m_ids = pd.Index([str(v) for v in m_map.ids])
+            self.aligned[key] = (m_ids.get_indexer(tt_ids), tt_ids.get_indexer(m_ids))
         return self.aligned[key]
+
+    async def _member_index(self, tt_map: IdMap, tt_sha: str, member: str, idx: np.ndarray) -> np.ndarray:
+        """Combined-space indices -> that member's item indices (-1 where it has no such item)."""
+        m_sha = (await self.members[member].item_ids.remote())[0]
+        tt_to_m, _ = await self._alignment(tt_sha, member, m_sha)
+        return np.where(idx < len(tt_map), tt_to_m[np.minimum(idx, len(tt_map) - 1)], -1)
 
     def _combined_index(self, tt_map: IdMap, raw_ids: list) -> np.ndarray:
         """Raw ids -> indices in the combined space (artifact items, then new items); 404 on unknown ids."""
@@ -134,14 +131,22 @@ class EnsembleRouter:
     def _raw_id(self, tt_map: IdMap, idx: int):
         return tt_map.ids[idx] if idx < len(tt_map) else self.new_ids[idx - len(tt_map)]
 
-    async def _text(self, tt_map: IdMap, idx: int, mf_sha: str | None) -> str | None:
+    async def _text(self, tt_map: IdMap, idx: int, text_src: tuple | None) -> str | None:
+        """An item's text: run-time items' own, artifact items' from ``text_src`` = (member name, artifact sha256)
+        of a member whose artifact carries the texts (None: no text)."""
         if idx >= len(tt_map):
             return self.new_texts[idx - len(tt_map)]
-        if mf_sha is None:
+        if text_src is None:
             return None
-        mf_map, texts = await self._space(self.mf, mf_sha)
-        j = mf_map.index(tt_map.ids[idx])
+        m_map, texts = await self._space(self.members[text_src[0]], text_src[1])
+        j = m_map.index(tt_map.ids[idx])
         return texts[j] if j is not None and j < len(texts) else None
+
+    async def _text_source(self) -> tuple | None:
+        """(name, sha256) of the first collaborative member (the texts' source), or None without one."""
+        for name, handle in self.members.items():
+            return name, (await handle.item_ids.remote())[0]
+        return None
 
     def _in_background(self, name: str, fn) -> asyncio.Task:
         """The running task ``name``, or a new one running ``fn()`` (concurrent callers share one look)."""
@@ -151,8 +156,8 @@ class EnsembleRouter:
         return task
 
     # ---- the members' score tables, held here for /recommend ----
-    async def _score_tables(self) -> tuple[ScoreTable, ScoreTable | None]:
-        """(two-tower, MF) score tables; fetched by the first request, then checked every ``poll_s`` in the
+    async def _score_tables(self) -> dict[str, ScoreTable]:
+        """Every member's score table by name; fetched by the first request, then checked every ``poll_s`` in the
         background and fetched again when a member's artifact changed (a hot swap)."""
         if self._tables is None:
             await self._in_background("tables", self._fetch_tables)
@@ -163,19 +168,19 @@ class EnsembleRouter:
 
     async def _fetch_tables(self) -> None:
         self._tables_checked = time.monotonic()
-        handles = [self.tt] + ([self.mf] if self.mf is not None else [])
+        names, handles = [TWO_TOWER, *self.members], [self.tt, *self.members.values()]
         shas = list(await asyncio.gather(*[h.sha256.remote() for h in handles]))
-        if self._tables is not None and shas == [t.sha256 for t in self._tables if t is not None]:
+        if self._tables is not None and shas == [self._tables[n].sha256 for n in names]:
             return
         tables = await asyncio.gather(*[h.score_table.remote() for h in handles])
         for t in tables:
             texts = t.item_texts if t.item_texts is not None else [None] * len(t.item_ids)
             self.spaces.setdefault(t.sha256, (IdMap(t.item_ids), list(texts)))
-        self._tables = (tables[0], tables[1] if len(tables) > 1 else None)
+        self._tables = dict(zip(names, tables))
 
     @staticmethod
-    def _table_scores(user_id, tt_table: ScoreTable, mf_table: ScoreTable | None) -> tuple[dict, dict | None]:
-        return tt_table.user_scores(user_id), (mf_table.user_scores(user_id) if mf_table is not None else None)
+    def _table_scores(user_id, tables: dict[str, ScoreTable]) -> dict[str, dict]:
+        return {name: t.user_scores(user_id) for name, t in tables.items()}
 
     # ---- run-time items and version skew ----
     async def _sync_catalog(self, force: bool = False) -> None:
@@ -242,48 +247,59 @@ class EnsembleRouter:
         if req.candidate_item_ids is not None:
             await self._look_for(req.candidate_item_ids)
         if self.new_ids:  # items added at run time: only the two-tower member can project their texts
-            mf_call = self.mf.call.remote("user_scores", req.user_id) if self.mf else _none()
-            tt_res, mf_res = await asyncio.gather(self._tt("user_scores", req.user_id), mf_call)
+            calls = [self._tt("user_scores", req.user_id)]
+            calls += [h.call.remote("user_scores", req.user_id) for h in self.members.values()]
+            results = dict(zip([TWO_TOWER, *self.members], await asyncio.gather(*calls)))
         else:  # the members' own arithmetic on their tables, without a hop per member
-            tt_res, mf_res = self._table_scores(req.user_id, *await self._score_tables())
-            if tt_res["scores"] is None and (mf_res is None or mf_res["scores"] is None):
+            results = self._table_scores(req.user_id, await self._score_tables())
+            if not _known(results):
                 # unknown here may only mean the tables predate a hot swap that added the user: finish any look
                 # in flight (it may have started before the swap), then look once more
                 await self._in_background("tables", self._fetch_tables)
                 await self._in_background("tables", self._fetch_tables)
-                tt_res, mf_res = self._table_scores(req.user_id, *self._tables)
-        if tt_res["scores"] is None and (mf_res is None or mf_res["scores"] is None):
+                results = self._table_scores(req.user_id, self._tables)
+        if not _known(results):
             raise ServingError(404, f"unknown user_id {req.user_id!r} (use /cold-start/recommend for new users)")
+        tt_res = results[TWO_TOWER]
         tt_map, _ = await self._space(self.tt, tt_res["sha256"])
         n = len(tt_map) + len(self.new_ids)
         mask = np.ones(n, dtype=bool)
         if req.candidate_item_ids is not None:
             mask[:] = False
             mask[self._combined_index(tt_map, req.candidate_item_ids)] = True
-        members = {"two_tower": tt_res["scores"][:n] if tt_res["scores"] is not None else None}
-        seen = [tt_res.get("seen", np.zeros(0, np.int64))]
-        liked = (seen[0], None)
-        mf_sha = None
-        if mf_res is not None and mf_res["scores"] is not None:
-            mf_sha = mf_res["sha256"]
-            tt_to_mf, mf_to_tt = await self._alignment(tt_res["sha256"], mf_sha)
-            members["mf"] = _aligned(mf_res["scores"], tt_to_mf, n)
-            in_tt = mf_to_tt[mf_res["seen"]]
-            seen.append(in_tt[in_tt >= 0])
-            liked = _liked(in_tt, mf_res["seen_ratings"], self.liked_threshold)
+        members, seen, liked, text_src = await self._in_tt_space(tt_res, results, n)
         if req.exclude_seen:
             mask[np.concatenate(seen)] = False
         fused = fuse_scores(members, self.weights, mask)
         top = top_k(fused, req.k)
-        items = await self._items(tt_map, top, fused, members, mf_sha)
+        items = await self._items(tt_map, top, fused, members, text_src)
         if req.explain and len(top) and len(liked[0]):
             ex = await self._tt("explain", top, liked[0], self.explain_items)
             ratings = dict(zip(liked[0].tolist(), liked[1].tolist())) if liked[1] is not None else {}
             for item, hist, sims in zip(items, ex["history_idx"], ex["similarity"]):
                 item["because_you_liked"] = [
-                    {"item_id": self._raw_id(tt_map, int(h)), "text": await self._text(tt_map, int(h), mf_sha),
+                    {"item_id": self._raw_id(tt_map, int(h)), "text": await self._text(tt_map, int(h), text_src),
                      "rating": ratings.get(int(h)), "similarity": float(s)} for h, s in zip(hist, sims)]
-        return {"user_id": req.user_id, "items": items, "versions": _versions(tt_res, mf_res)}
+        return {"user_id": req.user_id, "items": items, "versions": _versions(results)}
+
+    async def _in_tt_space(self, tt_res: dict, results: dict[str, dict], n: int):
+        """Every member's answer moved into the combined space: (scores by member name, seen-item index arrays,
+        liked (items, ratings), text source). Liked items come from the first member that knows the user's
+        ratings (the two-tower's history, unrated, without one); the texts from the first member that answered."""
+        members = {TWO_TOWER: tt_res["scores"][:n] if tt_res["scores"] is not None else None}
+        seen = [tt_res.get("seen", np.zeros(0, np.int64))]
+        liked, text_src = (seen[0], None), None
+        for name, res in results.items():
+            if name == TWO_TOWER or res is None or res["scores"] is None:
+                continue
+            tt_to_m, m_to_tt = await self._alignment(tt_res["sha256"], name, res["sha256"])
+            members[name] = _aligned(res["scores"], tt_to_m, n)
+            in_tt = m_to_tt[res["seen"]]
+            seen.append(in_tt[in_tt >= 0])
+            if liked[1] is None and res.get("seen_ratings") is not None:
+                liked = _liked(in_tt, res["seen_ratings"], self.liked_threshold)
+            text_src = text_src or (name, res["sha256"])
+        return members, seen, liked, text_src
 
     async def predict(self, req: PredictRequest) -> dict:
         await self._sync_catalog()
@@ -294,9 +310,7 @@ class EnsembleRouter:
         tt_res = await self._tt("predict", req.user_id, idx)
         mf_res, mf_ratings = None, np.full(len(idx), np.nan)
         if self.mf is not None:
-            mf_sha = (await self.mf.item_ids.remote())[0]
-            tt_to_mf, _ = await self._alignment(tt_res["sha256"], mf_sha)
-            j = np.where(idx < len(tt_map), tt_to_mf[np.minimum(idx, len(tt_map) - 1)], -1)
+            j = await self._member_index(tt_map, tt_res["sha256"], "mf", idx)
             mf_res = await self.mf.call.remote("predict", req.user_id, np.maximum(j, 0))
             if mf_res["ratings"] is not None:
                 mf_ratings = np.where(j >= 0, mf_res["ratings"], np.nan)
@@ -311,7 +325,8 @@ class EnsembleRouter:
             total = sum(w.values())
             rating = sum(w[m] * vals[m] for m in vals) / total if total else float(np.mean(list(vals.values())))
             preds.append({"item_id": raw, "rating": rating, "member_ratings": {m: vals.get(m) for m in per}})
-        return {"user_id": req.user_id, "predictions": preds, "versions": _versions(tt_res, mf_res)}
+        return {"user_id": req.user_id, "predictions": preds,
+                "versions": _versions({TWO_TOWER: tt_res, "mf": mf_res})}
 
     async def similar_items(self, req: SimilarItemsRequest) -> dict:
         await self._sync_catalog()
@@ -324,9 +339,9 @@ class EnsembleRouter:
         else:
             res = await self._tt("similar", req.k, query_text=req.text)
         tt_map, _ = await self._space(self.tt, res["sha256"])
-        mf_sha = (await self.mf.item_ids.remote())[0] if self.mf is not None else None
+        text_src = await self._text_source()
         items = [{"item_id": self._raw_id(tt_map, int(i)), "score": float(s),
-                  "text": await self._text(tt_map, int(i), mf_sha), "member_scores": {"two_tower": float(s)}}
+                  "text": await self._text(tt_map, int(i), text_src), "member_scores": {"two_tower": float(s)}}
                  for i, s in zip(res["item_idx"], res["similarity"])]
         return {"items": items, "versions": {"two_tower": res["sha256"][:12]}}
 
@@ -341,28 +356,29 @@ class EnsembleRouter:
             tt_call = self._tt("cold_user", idx, query_text=req.profile_text, query_kw="profile_hidden")
         else:
             tt_call = self._tt("cold_user", idx, profile_hidden=None)
-        mf_res = None
-        if self.mf is not None and len(idx):
-            mf_sha = (await self.mf.item_ids.remote())[0]
-            tt_to_mf, _ = await self._alignment(tt_sha, mf_sha)
-            j = np.where(idx < len(tt_map), tt_to_mf[np.minimum(idx, len(tt_map) - 1)], -1)
-            mf_call = self.mf.call.remote("fold_in", j[j >= 0], ratings[j >= 0])
-            tt_res, mf_res = await asyncio.gather(tt_call, mf_call)
-        else:
-            tt_res = await tt_call
+        names, calls = [TWO_TOWER], [tt_call]
+        if len(idx):  # every collaborative member folds the rated items in (items it does not know left out)
+            for name, handle in self.members.items():
+                j = await self._member_index(tt_map, tt_sha, name, idx)
+                names.append(name)
+                calls.append(handle.call.remote("fold_in", j[j >= 0], ratings[j >= 0]))
+        results = dict(zip(names, await asyncio.gather(*calls)))
+        tt_res = results[TWO_TOWER]
         tt_map, _ = await self._space(self.tt, tt_res["sha256"])
         n = len(tt_map) + len(self.new_ids)
-        members = {"two_tower": tt_res["scores"][:n]}
-        mf_sha = None
-        if mf_res is not None and mf_res["scores"] is not None:
-            mf_sha = mf_res["sha256"]
-            members["mf"] = _aligned(mf_res["scores"], (await self._alignment(tt_res["sha256"], mf_sha))[0], n)
+        members = {TWO_TOWER: tt_res["scores"][:n]}
+        text_src = None
+        for name, res in results.items():
+            if name != TWO_TOWER and res["scores"] is not None:
+                members[name] = _aligned(res["scores"], (await self._alignment(tt_res["sha256"], name,
+                                                                               res["sha256"]))[0], n)
+                text_src = text_src or (name, res["sha256"])
         mask = np.ones(n, dtype=bool)
         mask[idx[idx < n]] = False
         fused = fuse_scores(members, self.weights, mask)
         top = top_k(fused, req.k)
-        items = await self._items(tt_map, top, fused, members, mf_sha)
-        return {"items": items, "versions": _versions(tt_res, mf_res)}
+        items = await self._items(tt_map, top, fused, members, text_src)
+        return {"items": items, "versions": _versions(results)}
 
     async def add_item(self, req: AddItemRequest) -> dict:
         await self._sync_catalog(force=True)
@@ -379,15 +395,13 @@ class EnsembleRouter:
 
     async def health(self) -> dict:
         handles = [self.tt.info.remote(), self.encoder.stats.remote(), self.catalog.since.remote(0)]
-        if self.mf is not None:
-            handles.append(self.mf.info.remote())
-        await asyncio.gather(*handles)
+        await asyncio.gather(*handles, *[h.info.remote() for h in self.members.values()])
         return {"status": "ok"}
 
     async def version(self) -> dict:
-        members = {"two_tower": await self.tt.info.remote()}
-        if self.mf is not None:
-            members["mf"] = await self.mf.info.remote()
+        members = {TWO_TOWER: await self.tt.info.remote()}
+        for name, handle in self.members.items():
+            members[name] = await handle.info.remote()
         enc = await self.encoder.stats.remote()
         return {"members": members, "encoder_sha256": enc["sha256"], "weights": self.weights,
                 "catalog_items": len(self.new_ids)}
@@ -396,21 +410,17 @@ class EnsembleRouter:
         await self._sync_catalog(force=True)
         return {"encoder": await self.encoder.stats.remote(), "catalog_items": len(self.new_ids)}
 
-    async def _items(self, tt_map, top, fused, members, mf_sha) -> list[dict]:
+    async def _items(self, tt_map, top, fused, members, text_src) -> list[dict]:
         # per-member lists first: numpy scalar access per item and member was a third of /recommend's time
         per = {m: [v if math.isfinite(v) else None for v in s[top].tolist()] if s is not None else [None] * len(top)
                for m, s in members.items()}
-        return [{"item_id": self._raw_id(tt_map, i), "score": score, "text": await self._text(tt_map, i, mf_sha),
+        return [{"item_id": self._raw_id(tt_map, i), "score": score, "text": await self._text(tt_map, i, text_src),
                  "member_scores": {m: v[pos] for m, v in per.items()}}
                 for pos, (i, score) in enumerate(zip(top.tolist(), fused[top].tolist()))]
 
 
 class _Retry(Exception):
     pass
-
-
-async def _none():
-    return None
 
 
 def _aligned(scores: np.ndarray, tt_to_member: np.ndarray, n: int) -> np.ndarray:
@@ -431,19 +441,24 @@ def _liked(items: np.ndarray, ratings: np.ndarray, threshold: float) -> tuple[np
     return items[good], ratings[good]
 
 
-def _versions(*results) -> dict[str, str]:
-    names = ("two_tower", "mf")
-    return {n: r["sha256"][:12] for n, r in zip(names, results) if r is not None}
+def _known(results: dict[str, dict | None]) -> bool:
+    """Whether any member knows the user (has scores)."""
+    return any(r is not None and r["scores"] is not None for r in results.values())
+
+
+def _versions(results: dict[str, dict | None]) -> dict[str, str]:
+    return {n: r["sha256"][:12] for n, r in results.items() if r is not None}
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
 @serve.ingress()
 class EnsembleIngress:
-    """HTTP ingress: FastAPI routes (``api.build_api``) over an ``EnsembleRouter`` of the member handles."""
+    """HTTP ingress: FastAPI routes (``api.build_api``) over an ``EnsembleRouter`` of the member handles
+    (``members``: name -> handle of the collaborative members; Serve passes handles nested in the dict)."""
 
-    def __init__(self, two_tower, mf, encoder, catalog, weights: dict[str, float], max_body_bytes: int = 65536,
-                 liked_threshold: float = 4.0) -> None:
-        self.router = EnsembleRouter(two_tower, mf, encoder, catalog, weights, liked_threshold=liked_threshold)
+    def __init__(self, two_tower, members, encoder, catalog, weights: dict[str, float],
+                 max_body_bytes: int = 65536, liked_threshold: float = 4.0) -> None:
+        self.router = EnsembleRouter(two_tower, members, encoder, catalog, weights, liked_threshold=liked_threshold)
         self.max_body_bytes = max_body_bytes
         self._cpu = CpuClock()
 

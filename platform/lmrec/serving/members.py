@@ -219,3 +219,31 @@ class MFMember:
         k = q.shape[1]
         p = np.linalg.solve(q.T @ q + self.fold_in_l2 * len(i) * np.eye(k) + 1e-6 * np.eye(k), q.T @ (resid - bias))
         return {"sha256": self.sha256, "scores": self._scores(bias, p.astype(np.float32))}
+
+
+class ItemItemMember:
+    """EASE or item-kNN over an item-item artifact (``item_item_artifact.py``): history row times W."""
+
+    def __init__(self, artifact_dir: str | Path) -> None:
+        from lmrec.serving.item_item_artifact import load_item_item_artifact
+
+        root = local_artifact(artifact_dir)
+        self.art = load_item_item_artifact(root)
+        self.users = IdMap(self.art.user_ids)
+        self.item_ids = list(self.art.item_ids)
+        self.sha256 = self.art.sha256
+        self.info = _info(self.art.kind, root, self.art.manifest, self.art.manifest.get("name", self.art.kind),
+                          self.sha256) | {"n_users": len(self.users), "n_items": len(self.item_ids)}
+        self.table = self.art.table()
+
+    def user_scores(self, user_id) -> dict:
+        """Scores of every artifact item, the user's training items and ratings; ``scores`` None if unknown."""
+        return self.table.user_scores(user_id)
+
+    def fold_in(self, item_idx: np.ndarray, ratings: np.ndarray) -> dict:
+        """A new user's scores: their rated items are their history row (no retraining, no solve)."""
+        i = np.asarray(item_idx, dtype=np.int64)
+        if len(i) == 0:
+            return {"sha256": self.sha256, "scores": None}
+        values = self.art.history_values(ratings)
+        return {"sha256": self.sha256, "scores": self.table.scores_of_history(i, values)}

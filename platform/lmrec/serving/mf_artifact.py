@@ -15,7 +15,6 @@ manifest can point at both kinds of member.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 import pandas as pd
 from safetensors.numpy import load_file, save_file
 
-from lmrec.models.artifact import sha256_file, verify_artifact
+from lmrec.models.artifact import sha256_file, verify_artifact, write_member_manifest
 
 MF_FORMAT = "lmrec.mf/1"
 MANIFEST = "manifest.json"
@@ -96,10 +95,6 @@ class MFRecommender:
         return self._mf.score_items(user_idx)
 
 
-def _files(root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
-
-
 def save_mf_artifact(
     directory: str | Path,
     *,
@@ -136,20 +131,11 @@ def save_mf_artifact(
         "seen_ratings": train["rating"].to_numpy()[order].astype(np.float32),
     }
     save_file(tensors, str(root / "mf.safetensors"))
-    plain = lambda ids: [v.item() if hasattr(v, "item") else v for v in list(ids)]  # noqa: E731
-    texts = list(item_texts) if item_texts is not None else [""] * n_items
-    (root / "id_maps.json").write_text(json.dumps(
-        {"user_ids": plain(user_ids), "item_ids": plain(item_ids), "item_texts": texts}))
-    manifest = {
-        "format": MF_FORMAT,
-        "name": name,
-        "created_unix": int(time.time()),
-        "params": params or {},
-        "dataset_fingerprint": fingerprint,
-        "metrics": {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))},
-        "files": {rel: sha256_file(root / rel) for rel in _files(root)},
-    }
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    write_member_manifest(root, MF_FORMAT, user_ids=user_ids, item_ids=item_ids, item_texts=item_texts,
+                          n_items=n_items, fields={
+                              "name": name, "params": params or {}, "dataset_fingerprint": fingerprint,
+                              "metrics": {k: float(v) for k, v in (metrics or {}).items()
+                                          if isinstance(v, (int, float))}})
     return root
 
 

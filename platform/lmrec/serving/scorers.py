@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from ray import serve
 
-from lmrec.serving.members import MFMember, TwoTowerMember
+from lmrec.serving.members import ItemItemMember, MFMember, TwoTowerMember
 from lmrec.serving.protocol import call_member
 from lmrec.storage import normalize
 
@@ -72,3 +72,25 @@ class MFScorer(_MemberDeployment):
 
     async def item_texts(self) -> tuple[str, list[str]]:
         return self.member.sha256, self.member.art.item_texts
+
+
+class _ItemItemDeployment(_MemberDeployment):
+    member_cls = ItemItemMember
+
+    async def item_texts(self) -> tuple[str, list[str]]:
+        return self.member.sha256, self.member.art.item_texts
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
+class EaseScorer(_ItemItemDeployment):
+    """The EASE member (item-item artifact, ``item_item_artifact.py``)."""
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
+class ItemKNNScorer(_ItemItemDeployment):
+    """The item-kNN member (item-item artifact, ``item_item_artifact.py``)."""
+
+
+# The collaborative members by name (the ``<name>_artifact`` / ``weights.<name>`` of ``ServeAppArgs``), in the order
+# the ingress consults them (the first that knows a user's ratings explains, the first that answers gives texts).
+MEMBER_DEPLOYMENTS = {"mf": MFScorer, "ease": EaseScorer, "item_knn": ItemKNNScorer}

@@ -1,8 +1,9 @@
 """Fused ensemble: several trained members' scores combined with weights learned on the validation split.
 
-Fusion is exactly the one Serve applies (``lmrec.serving.ensemble.fuse_scores``): each member's scores are
-z-scored over the candidate items of a user, then averaged with non-negative weights that sum to 1. So the weights
-learned here, written by ``save_weights`` as a JSON next to the artifacts, mean the same thing in production.
+Fusion is the one Serve applies, the same function (``lmrec.strategies.fusion.fuse_scores``; ``fuse`` and
+``zscore_rows`` here are its names of old): each member's scores are z-scored over the candidate items of a user,
+then averaged with non-negative weights that sum to 1. So the weights learned here, written by ``save_weights`` as
+a JSON next to the artifacts, mean the same thing in production.
 
 Learning the ranking weights (``fit_weights``; validation items are relevant, the user's train items excluded, as
 in ``evaluate_ranking``), by ``method``:
@@ -36,29 +37,14 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import nnls
 
+from lmrec.strategies.fusion import fuse_scores, zscore
+
 FORMAT = "lmrec.ensemble_weights/1"
 
 
-def zscore_rows(scores: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Per-row (s - mean) / std over the finite entries inside ``mask``; others and constant rows give 0."""
-    s = np.asarray(scores, dtype=np.float64)
-    ok = np.isfinite(s) if mask is None else (np.asarray(mask, dtype=bool) & np.isfinite(s))
-    n = ok.sum(1, keepdims=True)
-    safe = np.where(ok, s, 0.0)
-    mean = safe.sum(1, keepdims=True) / np.maximum(n, 1)
-    var = (np.where(ok, s - mean, 0.0) ** 2).sum(1, keepdims=True) / np.maximum(n, 1)
-    std = np.sqrt(var)
-    z = np.where(ok & (std > 1e-12), (s - mean) / np.where(std > 1e-12, std, 1.0), 0.0)
-    return z
-
-
-def fuse(member_scores: dict[str, np.ndarray], weights: dict[str, float], mask: np.ndarray | None = None) -> np.ndarray:
-    """Weighted mean of per-row z-scores of the members with a positive weight (Serve's fusion, batched)."""
-    present = {m: s for m, s in member_scores.items() if weights.get(m, 0.0) > 0}
-    if not present:
-        raise ValueError("no member has a positive weight")
-    total = sum(weights[m] for m in present)
-    return sum(weights[m] / total * zscore_rows(s, mask) for m, s in present.items())
+# One fusion for the offline ensemble and Serve (``lmrec.strategies.fusion``); the offline names stay as aliases.
+zscore_rows = zscore
+fuse = fuse_scores
 
 
 def simplex_grid(n_members: int, step: float) -> np.ndarray:

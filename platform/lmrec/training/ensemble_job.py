@@ -78,7 +78,11 @@ def check_output(location: str) -> None:
 
 
 def load_member(member: str, location: str):
-    """(``Recommender``, sha256 of its manifest.json, manifest, raw user ids, raw item ids) of a verified artifact."""
+    """(``Recommender``, sha256 of its manifest.json, manifest, raw user ids, raw item ids) of a verified artifact.
+
+    The member's name says which kind of artifact it must be (``lmrec.config.ensemble.MEMBERS``); another kind is
+    an ``ArtifactError`` from the loader (wrong format) or here (an item-item artifact of the other kind).
+    """
     from lmrec.storage import local_artifact
 
     root = local_artifact(location)
@@ -87,6 +91,13 @@ def load_member(member: str, location: str):
 
         art = load_artifact(root)
         return art.recommender, sha256_file(root / "manifest.json"), art.manifest, art.user_ids, art.item_ids
+    if member in ("ease", "item_knn"):
+        from lmrec.serving.item_item_artifact import load_item_item_artifact
+
+        art = load_item_item_artifact(root)
+        if art.kind != member:
+            raise ArtifactError(f"members.{member}: {location} is an item-item artifact of kind {art.kind}")
+        return art.recommender, art.sha256, art.manifest, art.user_ids, art.item_ids
     from lmrec.serving.mf_artifact import load_mf_artifact
 
     art = load_mf_artifact(root)
@@ -148,8 +159,10 @@ def run_ensemble(spec: EnsembleSpec) -> EnsembleResult:
     members = {m: rec for m, (rec, *_rest) in loaded.items()}
     ensemble = FusedEnsemble(members)
     f = spec.fit
+    # rating weights blend the members that predict ratings (EASE and the item-item artifacts only rank)
+    raters = [m for m, rec in members.items() if getattr(rec, "rates", True)]
     ensemble.fit_weights(data.train, data.valid, data.n_items, steps=f.steps, lr=f.lr, max_users=f.max_users,
-                         seed=spec.seed, rating_members=list(members), relevance_threshold=f.relevance_threshold)
+                         seed=spec.seed, rating_members=raters or None, relevance_threshold=f.relevance_threshold)
     log.info("ensemble %s: ranking weights %s, rating weights %s", spec.name, ensemble.weights,
              ensemble.rating_weights)
     metrics, member_metrics = {}, {}

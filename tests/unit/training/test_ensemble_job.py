@@ -34,8 +34,11 @@ def _spec(serving_artifacts, out, **over) -> EnsembleSpec:
 
 def test_spec_names_bad_members():
     base = {"output_dir": "out"}
-    with pytest.raises(ValidationError, match=r"unknown member\(s\) \['ease'\]: Serve fuses two_tower, mf"):
-        EnsembleSpec.model_validate({**base, "members": {"two_tower": "a", "ease": "b"}})
+    with pytest.raises(ValidationError,
+                       match=r"unknown member\(s\) \['popularity'\]: Serve fuses two_tower, mf, ease, item_knn"):
+        EnsembleSpec.model_validate({**base, "members": {"two_tower": "a", "popularity": "b"}})
+    with pytest.raises(ValidationError, match=r"needs a two_tower member, got \['ease', 'mf'\]"):
+        EnsembleSpec.model_validate({**base, "members": {"mf": "a", "ease": "b"}})
     with pytest.raises(ValidationError, match=r"at least 2 members, got \['two_tower'\]"):
         EnsembleSpec.model_validate({**base, "members": {"two_tower": "a"}})
     with pytest.raises(ValidationError, match="at least 2 members, got none"):
@@ -163,3 +166,25 @@ def test_mf_member_view_gives_the_numbers_of_the_model_it_was_exported_from(serv
     assert rec.fit(data.train, data.n_users, data.n_items) is rec
     with pytest.raises(ValueError, match="MF artifact has"):
         rec.fit(data.train, data.n_users + 1, data.n_items)
+
+
+def test_item_item_members_get_ranking_weights_and_serve(serving_artifacts, tmp_path):
+    """EASE and item-kNN artifacts are members like MF: ranking weights for all four, rating weights only for the
+    members that rate, and Serve's args resolve every member's artifact from the ensemble."""
+    from lmrec.serving.app import resolve_ensemble, ServeAppArgs
+
+    members = {m: str(serving_artifacts["v1" if m == "two_tower" else m]) for m in
+               ("two_tower", "mf", "ease", "item_knn")}
+    out = tmp_path / "ensemble"
+    result = run_ensemble(_spec(serving_artifacts, out, members=members, fit={"steps": 20}))
+    assert set(result.weights) == set(members) and sum(result.weights.values()) == pytest.approx(1.0)
+    assert set(result.rating_weights) == {"two_tower", "mf"}
+    assert set(result.member_metrics["ease"]) == {"test_ndcg@10"}  # ranks only: no RMSE
+    assert np.isfinite(result.metrics["test_rmse"])
+    args = resolve_ensemble(ServeAppArgs(ensemble_artifact=str(out)))
+    assert args.ease_artifact == str(serving_artifacts["ease"].resolve())
+    assert args.item_knn_artifact == str(serving_artifacts["item_knn"].resolve())
+    assert args.served_weights() == pytest.approx(result.weights)
+    swapped = {**members, "ease": members["item_knn"]}
+    with pytest.raises(ArtifactError, match=r"members\.ease: .* of kind item_knn"):
+        run_ensemble(_spec(serving_artifacts, tmp_path / "bad", members=swapped, fit={"steps": 5}))
