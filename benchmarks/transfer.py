@@ -97,12 +97,13 @@ CPU_LORA = {"strategy": {"name": "lora", "rank": 8, "alpha": 16.0, "targets": ["
             "optim.lr_encoder": 5e-4, "optim.layer_decay": 1.0, "optim.encode_items": "batch",
             "optim.items_encoded_per_step": 32, "optim.encoder_start_epoch": 1, "optim.encoder_warmup_steps": 10,
             "optim.epochs": 4}
-MPNET_LORA_TARGETS = {"strategy.targets": ["q", "v"]}  # MPNet names its attention projections q, k, v, o
+# MPNet names its attention projections q, k, v, o
+MPNET_LORA = {**CPU_LORA, "strategy": {**CPU_LORA["strategy"], "targets": ["q", "v"]}}
 ENCODER_SIZES = {
     "frozen": FROZEN,
     f"frozen[{MPNET}]": {"model.encoder": MPNET, **FROZEN},
     "lora_cpu_budget": CPU_LORA,
-    f"lora_cpu_budget[{MPNET}]": {"model.encoder": MPNET, **CPU_LORA, **MPNET_LORA_TARGETS},
+    f"lora_cpu_budget[{MPNET}]": {"model.encoder": MPNET, **MPNET_LORA},
 }
 # item text richness where the data has rich text: Amazon titles + descriptions cut at 32 tokens instead of 128
 TEXT_ABLATIONS = {"amazon-cold": {"model.max_length": 32}}
@@ -139,7 +140,8 @@ class Bench:
         return self.deadline - time.monotonic()
 
     def add(self, rec: dict) -> None:
-        self.result["records"].append(rec)
+        self.result["records"].append({**rec, "run": self.result["machine"].get("date", ""),
+                                       "commit": self.result["machine"].get("commit", "")})
         print(json.dumps({k: rec[k] for k in ("protocol", "variant")} | {"ndcg@10": rec["metrics"].get("ndcg@10"),
                                                                           "rmse": rec["metrics"].get("rmse")}),
               flush=True)
@@ -333,6 +335,8 @@ def main() -> None:
                     help="Only the encoder-size rows (of --protocols) into --out (a CPU run).")
     ap.add_argument("--protocols", default="ml100k-cold,ml100k-warm", help="--encoder-sizes: protocols to run.")
     ap.add_argument("--variants", default=",".join(ENCODER_SIZES), help="--encoder-sizes: variants to run.")
+    ap.add_argument("--append", action="store_true",
+                    help="Keep the records already in --out (each record names its run's commit and device).")
     ap.add_argument("--save-scores", action="store_true",
                     help="Also write each warm frozen/full model's score matrices (npz beside --out): the fusion can "
                          "then be refitted elsewhere without retraining (GPU runs).")
@@ -345,6 +349,10 @@ def main() -> None:
     torch.manual_seed(0)
     np.random.seed(0)
     b = Bench(args.out, args.deadline, args.smoke, args.save_scores)
+    if args.append and args.out.exists():
+        old = json.loads(args.out.read_text())
+        b.result["records"] = old.get("records", [])
+        b.result["earlier_runs"] = old.get("earlier_runs", []) + [old.get("machine", {})]
     skip = set(filter(None, args.skip.split(",")))
     if args.encoder_sizes:
         chosen = args.variants.split(",")

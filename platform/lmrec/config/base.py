@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from pathlib import Path
 from typing import TypeVar
 
@@ -44,7 +46,8 @@ def load_spec(model: type[M], path: str | Path, overrides: dict | None = None) -
     """Load ``path`` into ``model``; ``overrides`` maps dotted keys to values (``{"optim.lr": 1e-3}``)."""
     data = load_yaml(path)
     for dotted, value in (overrides or {}).items():
-        set_dotted(data, dotted, value)
+        # a copy: a later dotted key ("strategy.targets") must not write into the caller's mapping ("strategy")
+        set_dotted(data, dotted, copy.deepcopy(value))
     try:
         return model.model_validate(data)
     except ValidationError as e:
