@@ -140,8 +140,9 @@ class Bench:
         return self.deadline - time.monotonic()
 
     def add(self, rec: dict) -> None:
-        self.result["records"].append({**rec, "run": self.result["machine"].get("date", ""),
-                                       "commit": self.result["machine"].get("commit", "")})
+        key = (rec["protocol"], rec["variant"])  # a re-run replaces an appended record
+        self.result["records"] = [r for r in self.result["records"] if (r["protocol"], r["variant"]) != key] + [
+            {**rec, "run": self.result["machine"].get("date", ""), "commit": self.result["machine"].get("commit", "")}]
         print(json.dumps({k: rec[k] for k in ("protocol", "variant")} | {"ndcg@10": rec["metrics"].get("ndcg@10"),
                                                                           "rmse": rec["metrics"].get("rmse")}),
               flush=True)
