@@ -213,7 +213,7 @@ def run_demo(out_dir: Path, *, quick: bool = False) -> int:
         + (f"The fused row is what the ensemble service ranks: the MiniLM ranker, EASE and item-kNN, z-scored per "
            f"user and mixed with weights {fused.weights} fitted on a validation slice of the training rows.\n\n"
            if fused else "")
-        "![ndcg](ranking_ndcg.png)\n"
+        + "![ndcg](ranking_ndcg.png)\n"
         + ("\n## Two-tower training curve\n\n![curve](training_curve.png)\n" if history else "")
         + _tune_section(tuned) + _serve_section(served)
     )
