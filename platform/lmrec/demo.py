@@ -13,14 +13,15 @@ import logging
 import time
 from pathlib import Path
 
+from lmrec.plotting import pyplot
+
 log = logging.getLogger(__name__)
 
 
 def _bar_chart(records: list[dict], metric: str, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    if plt is None:
+        return
 
     rows = [r for r in records if metric in r["metrics"]]
     if not rows:
@@ -68,10 +69,9 @@ def _train_encoder(ds, out_dir: Path):
 
 
 def _curve_chart(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    if plt is None:
+        return
 
     rows = [h for h in history if "val_rmse" in h]
     if not rows:

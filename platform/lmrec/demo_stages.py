@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lmrec.plotting import pyplot
+
 RANKING_JOB = "ml100k-ranking.yaml"
 TUNE_SPEC = "ml100k-task-weights.yaml"
 SERVE_CONFIG = "recommender.yaml"
@@ -185,10 +187,9 @@ def serve_stage(two_tower_artifact: str, mf_artifact: str, user_ids: list, item_
 
 
 def latency_chart(outcome: ServeOutcome, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    if plt is None:
+        return
 
     series = {ep: v for ep, v in outcome.latency_ms.items() if v}
     if not series:
@@ -204,10 +205,9 @@ def latency_chart(outcome: ServeOutcome, path: Path) -> None:
 
 
 def tune_chart(outcome: TuneOutcome, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    if plt is None:
+        return
 
     metric = outcome.metric
     rows = [r for r in outcome.table if r.get(metric) is not None]

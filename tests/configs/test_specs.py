@@ -17,7 +17,8 @@ def _runs_with(path: Path, command: str) -> bool:
     return path.read_text().splitlines()[0].startswith(f"# lmrec {command} ")
 
 
-TOP_SPECS = sorted((ROOT / "jobs").glob("*.yaml")) + sorted((ROOT / "jobs" / "tuned").glob("*.yaml"))
+TOP_SPECS = sorted((ROOT / "jobs").glob("*.yaml")) + sorted((ROOT / "jobs" / "tuned").glob("*.yaml")) + sorted(
+    (ROOT / "jobs" / "examples").glob("*.yaml"))
 ENSEMBLE_SPECS = [p for p in TOP_SPECS if _runs_with(p, "ensemble")]
 JOB_SPECS = [p for p in TOP_SPECS if p not in ENSEMBLE_SPECS]
 STRATEGY_SPECS = sorted((ROOT / "jobs" / "strategies").glob("*.yaml"))

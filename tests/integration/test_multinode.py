@@ -7,7 +7,9 @@ Both nodes write checkpoints to one local folder, the shared storage of this clu
 it by path, the interrupted run by a ``file://`` URI (the pyarrow URI path that object stores take), and its
 artifact is then loaded from that URI the way Serve loads it.
 
-The test submits the same ``lmrec train`` job twice through the Ray Jobs API:
+The test submits the same ``lmrec train`` job twice through the Ray Jobs API, with the runtime environment of
+docs/cluster.md (lmrec uploaded as a ``py_modules`` entry and run as ``python -m lmrec.cli``; the job checks that it
+imported that copy):
 
 1. uninterrupted: the reference metrics;
 2. interrupted: once the first epoch's checkpoint is committed (Ray Train's checkpoint-manager snapshot names
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -241,14 +244,33 @@ def cluster(tmp_path_factory):
         c.stop()
 
 
+def documented_runtime_env() -> dict:
+    """The runtime environment of docs/cluster.md's `ray job submit --runtime-env-json` recipe, paths resolved
+    against the checkout. Its `pip` list is left out here: these loopback nodes run this venv, which has the
+    packages, and a per-job virtualenv would fetch them from the index again."""
+    text = (REPO / "docs" / "cluster.md").read_text(encoding="utf-8")
+    env = json.loads(re.search(r"--runtime-env-json '([^']+)'", text).group(1))
+    assert env["py_modules"] == ["platform/lmrec"], env
+    return {"py_modules": [str(REPO / p) for p in env["py_modules"]]}
+
+
 def submit_train(c: Cluster, name: str, storage: str) -> str:
-    entrypoint = (f"lmrec train {SPEC} --set name={name} --set optim.epochs={EPOCHS} "
+    # the documented recipe: `python -m lmrec.cli` with lmrec uploaded as a py_module, not the installed script
+    entrypoint = ("python -c 'import lmrec; print(\"lmrec loaded from\", lmrec.__file__)' && "
+                  f"python -m lmrec.cli train {SPEC} --set name={name} --set optim.epochs={EPOCHS} "
                   f"--set early_stopping.patience={EPOCHS} --set scaling.cpus_per_worker=0.75 "
                   f"--set scaling.max_failures=3 --set scaling.storage_path={storage}")
     env_vars = {k: c.env[k] for k in ("LMREC_DATA_DIR", "HF_HUB_OFFLINE", "PATH", "TOKENIZERS_PARALLELISM")}
     # the restarted group waits for the replacement node to join
     env_vars["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "180"
-    return submit(c.client, entrypoint=entrypoint, runtime_env={"working_dir": str(REPO), "env_vars": env_vars})
+    return submit(c.client, entrypoint=entrypoint,
+                  runtime_env={"working_dir": str(REPO), "env_vars": env_vars, **documented_runtime_env()})
+
+
+def loaded_from_upload(logs: str) -> bool:
+    """The job's lmrec is the uploaded copy (Ray's runtime resources), not the checkout the venv points at."""
+    line = next(row for row in logs.splitlines() if row.startswith("lmrec loaded from"))
+    return "runtime_resources" in line and "py_modules_files" in line and str(REPO / "platform") not in line
 
 
 def wait_until(predicate, timeout: float, what: str, c: Cluster, job_id: str, period: float = 0.5):
@@ -313,6 +335,7 @@ def test_job_survives_losing_a_node_and_matches_an_uninterrupted_run(cluster, tm
     timings["reference_s"] = time.perf_counter() - t0
     assert [int(h["epoch"]) for h in reference["history"]] == list(range(EPOCHS))
     assert all(int(h["resumed_at_epoch"]) == 0 for h in reference["history"])
+    assert loaded_from_upload(reference["logs"]), "the job must run the lmrec uploaded by its runtime env"
 
     # 2. the same job; the worker node dies after the first committed checkpoint and is replaced
     t0 = time.perf_counter()

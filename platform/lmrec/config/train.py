@@ -44,7 +44,12 @@ class ModelSpec(StrictModel):
     encoder_init: Literal["pretrained", "random-tiny"] = Field(
         "pretrained", description="'random-tiny' = 2-layer 32-wide BERT with the encoder's tokenizer (tests, probes)."
     )
-    pooling: Literal["mean", "cls"] = Field("mean", description="How token states become one text vector.")
+    pooling: Literal["auto", "mean", "cls", "max"] = Field(
+        "mean", description="How token states become one text vector. 'auto' = as the encoder's "
+        "sentence-transformers folder declares: its pooling mode, L2 normalisation and query/passage prompts "
+        "(user texts are queries, item texts passages; mean pooling when it declares nothing). A named mode pools "
+        "the raw text that way, unnormalised.",
+    )
     dim: int = Field(64, ge=2, description="Width of user/item vectors.")
     max_length: int = Field(32, ge=4, le=512, description="Token limit per item/user text.")
     item_id_embeddings: bool = Field(True, description="Add an item-ID embedding (gated off for unseen items).")

@@ -2,9 +2,11 @@
 
 Layout of an artifact folder::
 
-    manifest.json             format, model arguments, training config, dataset fingerprint, metrics,
-                              data_cutoff (newest interaction timestamp trained on), lineage (parent
-                              artifact of an incremental fine-tune), and the sha256 of every other file
+    manifest.json             format, model arguments, encoder settings (pooling, normalisation, prompts;
+                              absent from artifacts written before they existed: mean/CLS pooling of the raw
+                              text), training config, dataset fingerprint, metrics, data_cutoff (newest
+                              interaction timestamp trained on), lineage (parent artifact of an incremental
+                              fine-tune), and the sha256 of every other file
     model.safetensors         TwoTowerModel state dict (encoder, towers, heads, item-text cache, histories)
     item_embeddings.safetensors  precomputed item/user vectors, item biases, interest-space vectors
     encoder_config.json       the backbone's HF config (rebuilds the architecture without the hub)
@@ -29,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lmrec.models.encoder import encoder_from_config
+from lmrec.models.st_settings import EncoderSettings
 from lmrec.models.two_tower import TwoTowerModel, TwoTowerRecommender
 
 FORMAT = "lmrec.two_tower/1"
@@ -122,6 +125,8 @@ def save_artifact(
         "format": FORMAT,
         "created_unix": int(time.time()),
         "model_args": model_args(model),
+        # resolved (never "auto"): serving encodes as training did without the encoder's folder or the hub
+        "encoder": model.encoder.settings.to_dict(),
         "config": spec,
         "dataset_fingerprint": fingerprint,
         "data_cutoff": data_cutoff,
@@ -187,8 +192,9 @@ def load_artifact(directory: str | Path, device: str | torch.device = "cpu") -> 
     root = Path(directory)
     manifest = verify_artifact(root)
     args = dict(manifest["model_args"])
-    pooling = args.pop("pooling")
-    encoder = encoder_from_config(json.loads((root / "encoder_config.json").read_text()), pooling)
+    pooling = args.pop("pooling")  # kept in model_args for readers that predate the "encoder" entry
+    settings = EncoderSettings.from_dict(manifest.get("encoder", {"pooling": pooling}))
+    encoder = encoder_from_config(json.loads((root / "encoder_config.json").read_text()), settings)
     model = TwoTowerModel(encoder, **args)
     state = load_file(str(root / "model.safetensors"))
     model.history = torch.empty_like(state["history"])  # data-dependent width

@@ -18,11 +18,14 @@ import torch
 from ray import serve
 
 from lmrec.models.artifact import sha256_file
+from lmrec.models.encoder import with_prompt
+from lmrec.models.st_settings import Side
 from lmrec.storage import local_artifact, normalize
 
 
 class TextEncoderCore:
-    """Tokeniser + encoder (with the artifact's pooling and token limit); ``encode(texts) -> [n, hidden]``."""
+    """Tokeniser + encoder (with the artifact's pooling, normalisation, prompts and token limit);
+    ``encode(texts) -> [n, hidden]``."""
 
     def __init__(self, artifact_dir: str | Path) -> None:
         from lmrec.models.artifact import load_artifact
@@ -35,9 +38,12 @@ class TextEncoderCore:
         self.sha256 = sha256_file(root / "manifest.json")
 
     @torch.no_grad()
-    def encode(self, texts: list[str]) -> np.ndarray:
-        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=True,
-                             return_tensors="pt")
+    def encode(self, texts: list[str], side: Side = "passage") -> np.ndarray:
+        """``side``: the artifact's prompt to put first. Passage (item text) serves new items, similar-item
+        queries and profile texts pooled with item vectors; a model trained with a user-text tower saw query
+        prompts on its user texts."""
+        enc = self.tokenizer(with_prompt(texts, self.encoder.prompt(side)), truncation=True,
+                             max_length=self.max_length, padding=True, return_tensors="pt")
         return self.encoder(enc["input_ids"], enc["attention_mask"]).float().numpy()
 
 

@@ -55,7 +55,7 @@ def truncate_encoder(teacher: TextEncoder, n_layers: int) -> TextEncoder:
         if match is None or int(match.group(2)) < n_layers:
             state[key] = value.detach().clone()
     student.load_state_dict(state, strict=True)
-    return TextEncoder(student, teacher.pooling)
+    return TextEncoder.with_settings(student, teacher.settings)  # pooling, normalisation and prompts kept
 
 
 def student_from_artifact(artifact_dir: str | Path, n_layers: int) -> TextEncoder:

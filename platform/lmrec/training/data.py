@@ -117,12 +117,14 @@ def build_prepared(
     context: pd.DataFrame | None = None,
 ) -> PreparedData:
     """Tokenise texts and pack split frames; used by ``prepare_data``, the incremental job and tests."""
-    from lmrec.models.encoder import load_tokenizer, tokenize_texts
+    from lmrec.models.encoder import encoder_settings, load_tokenizer, tokenize_texts
 
     if len(item_texts) != dataset.n_items:
         raise ValueError(f"{len(item_texts)} item texts for {dataset.n_items} items")
     tokenizer = tokenizer or load_tokenizer(spec.model.encoder)
-    ids, lengths = tokenize_texts(tokenizer, item_texts, spec.model.max_length)
+    # item texts are the passages, user texts the queries (prompts of model.pooling=auto; "" otherwise)
+    settings = encoder_settings(spec.model.encoder, spec.model.pooling)
+    ids, lengths = tokenize_texts(tokenizer, item_texts, spec.model.max_length, settings.passage_prompt)
     u_ids = u_len = None
     if spec.model.user_text:
         from lmrec.data.text import default_user_template, render_user_texts
@@ -130,7 +132,8 @@ def build_prepared(
         template = spec.data.user_template or default_user_template(dataset.name)
         # user texts may only reveal the training history (all of it when train is a sample of ``context``)
         history = train if context is None else context
-        u_ids, u_len = tokenize_texts(tokenizer, render_user_texts(dataset, history, template), spec.model.max_length)
+        u_ids, u_len = tokenize_texts(tokenizer, render_user_texts(dataset, history, template), spec.model.max_length,
+                                      settings.query_prompt)
 
     def compact(df: pd.DataFrame | None) -> pd.DataFrame | None:
         if df is None or len(df) == 0:

@@ -10,6 +10,7 @@ import contextlib
 import copy
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -22,13 +23,48 @@ CHECKPOINT_FILE = "checkpoint.pt"
 DEEPSPEED_TAG = "checkpoint"
 
 
-def resolve_engine(engine: str, device: torch.device) -> EngineName:
-    """'auto' -> DeepSpeed on CUDA (ZeRO pays off with GPU memory), DDP on CPU."""
-    if engine == "auto":
-        return "deepspeed" if device.type == "cuda" else "ddp"
-    if engine not in ("ddp", "deepspeed"):
+# bytes per trainable parameter under a plain engine: fp32 weights, fp32 gradients, AdamW's two moments
+TRAIN_BYTES_PER_PARAM = 16
+# the share of one GPU's memory the plain engine may plan for: the rest is activations, the item-text table, CUDA
+DDP_MEMORY_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    name: EngineName
+    reason: str
+
+
+def resolve_engine(engine: str, device: torch.device, n_params: int = 0,
+                   device_memory: int | None = None) -> EngineChoice:
+    """'auto' chooses by memory, not by device: the plain engine (DDP) whenever weights + gradients + optimizer state
+    fit one device with margin (on one GPU DeepSpeed measured 0.5-0.7x of it), DeepSpeed ZeRO (the spec's
+    ``scaling.deepspeed_config``) when they do not. ``device_memory``: bytes of one device (read from CUDA)."""
+    if engine not in ("auto", "ddp", "deepspeed"):
         raise ValueError(f"unknown engine {engine!r}")
-    return engine  # type: ignore[return-value]
+    if engine != "auto":
+        choice = EngineChoice(engine, "requested by scaling.engine")  # type: ignore[arg-type]
+    elif device.type != "cuda" and device_memory is None:
+        choice = EngineChoice("ddp", "auto: CPU workers (DeepSpeed's ZeRO saves no memory worth its cost here)")
+    else:
+        if device_memory is None:
+            device_memory = torch.cuda.get_device_properties(device).total_memory
+        need = n_params * TRAIN_BYTES_PER_PARAM
+        budget = int(device_memory * DDP_MEMORY_SHARE)
+        sizes = f"{need / 2**30:.2f} GiB of weights + gradients + AdamW state vs {budget / 2**30:.1f} GiB"
+        choice = (EngineChoice("ddp", f"auto: {sizes} (half the device): fits, plain DDP")
+                  if need <= budget else EngineChoice("deepspeed", f"auto: {sizes} (half the device): ZeRO"))
+    if choice.name == "deepspeed":
+        require_deepspeed()
+    return choice
+
+
+def require_deepspeed() -> None:
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError("the DeepSpeed engine needs the deepspeed package: pip install 'lmrec[deepspeed]' "
+                           "(or set scaling.engine: ddp)") from exc
 
 
 def distributed_world() -> tuple[bool, int, int]:

@@ -115,9 +115,12 @@ class TwoTowerRecipe:
         torch.manual_seed(spec.seed)
         self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
         o = spec.optim
-        self.engine_name = resolve_engine(spec.scaling.engine, self.device)
         start = time.perf_counter()
         self.model = build_model(spec, data.n_users, data.n_items, build_student_encoder(spec)).to(self.device)
+        # before adapters or freezing: the full count bounds what any strategy trains
+        engine = resolve_engine(spec.scaling.engine, self.device, count_parameters(self.model).total)
+        self.engine_name, self.engine_reason = engine.name, engine.reason
+        log.info("engine %s (%s)", engine.name, engine.reason)
         if init_state is not None:  # an incremental fine-tune starts from a deployed artifact's weights
             self._load_weights(init_state)
         loaded = time.perf_counter()
@@ -399,5 +402,6 @@ class TwoTowerRecipe:
                 directory, self.model, tokenizer, spec=self.spec.model_dump(mode="json"),
                 fingerprint=self.data.fingerprint, user_ids=self.data.user_ids, item_ids=self.data.item_ids,
                 metrics=metrics or (self.history[-1] if self.history else {}),
-                data_cutoff=self.data.trained_until(), lineage=self.data.lineage,
+                data_cutoff=self.data.trained_until(),
+                lineage={**self.data.lineage, "engine": {"name": self.engine_name, "reason": self.engine_reason}},
             ))

@@ -18,6 +18,7 @@ import yaml
 
 from lmrec.config.base import load_yaml, set_dotted
 from lmrec.config.train import TrainSpec
+from lmrec.plotting import pyplot
 from lmrec.tuning.spec import Simplex, resolve_trial
 from lmrec.tuning.trial import EPOCHS_DONE, runs_dir
 
@@ -146,11 +147,10 @@ def _display(path: Path) -> str:
 
 def plot(study, report: StudyReport, out_dir: Path) -> list[Path]:
     """metric vs each parameter, the task-weight simplex heat-map (3-key groups), learning curves."""
-    import matplotlib
+    plt = pyplot()
+    if plt is None:
+        return []
     import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     spec, table, metric = study.spec, report.table, study.spec.metric
     out_dir.mkdir(parents=True, exist_ok=True)

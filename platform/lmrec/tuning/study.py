@@ -7,8 +7,10 @@ The study lives in ``<storage_path>/<name>`` (Tune's experiment folder: per-tria
 ``result.json`` and TensorBoard event files; the trials' trainer runs under ``runs/``). ``--resume`` restores an
 interrupted study with ``Tuner.restore``: finished trials are kept, unfinished and errored ones continue from
 their latest epoch checkpoint, and the searcher (its state is saved with the experiment) proposes the rest.
-ASHA's rung records are not part of Tune's experiment state: after a restore its rungs fill up again from the
-trials that report in the resumed run. Ctrl-C stops a study gracefully (exit code 130, no report).
+ASHA's rung records are not part of Tune's experiment state (Tune rebuilds the scheduler from the pickle written
+when the study started), so the restored scheduler reads them back from each trial's ``result.json`` as Tune
+re-adds the trial: a resumed study prunes as the uninterrupted one would. Ctrl-C stops a study gracefully (exit
+code 130, no report).
 
 The cluster needs its dashboard (Ray's default): Ray Train releases the worker reservation of a trial that ASHA
 stopped through the State API it serves. Its actors find that API by address (``RAY_ADDRESS``, else the one Ray
@@ -115,12 +117,14 @@ def _searcher(spec: TuneSpec, max_concurrent: int):
 
 
 def _scheduler(study: Study):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
+
+    from lmrec.tuning.trial import ResumableASHA
 
     sched = study.spec.scheduler
     if sched.kind == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(time_attr=ASHA_CLOCK, max_t=study.max_epochs, grace_period=sched.grace_period,
+    return ResumableASHA(time_attr=ASHA_CLOCK, max_t=study.max_epochs, grace_period=sched.grace_period,
                          reduction_factor=sched.reduction_factor)
 
 

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
 
 from lmrec.tuning.spec import TuneSpec, resolve_trial, trial_spec
 
@@ -52,6 +53,54 @@ class TrialReport(TuneReportCallback):
         if value is not None:
             extra[self._metric] = value
         super().after_report(run_context, [{**metrics[0], **extra}, *metrics[1:]], checkpoint)
+
+
+class ResumableASHA(ASHAScheduler):
+    """ASHA whose rung records survive ``Tuner.restore``.
+
+    Tune does not save a scheduler's state with the experiment: a restored study rebuilds it from the pickle written
+    at the start, with empty rungs, and would let a bad trial through that the uninterrupted study stopped. As Tune
+    re-adds each restored trial, this one replays the trial's logged reports (its ``result.json``) into the rungs
+    it had reached: records only, no decisions. A fresh trial has no log yet and adds nothing.
+    """
+
+    def on_trial_add(self, tune_controller, trial):
+        super().on_trial_add(tune_controller, trial)
+        bracket = self._trial_info[trial.trial_id]
+        for result in _logged_results(trial):
+            if self._time_attr in result and self._metric in result:
+                bracket.on_result(trial, result[self._time_attr], self._metric_op * result[self._metric])
+
+    def rung_records(self) -> dict[float, dict[str, float]]:
+        """Milestone -> {trial id: signed metric} over every bracket (what a stop decision compares against)."""
+        out: dict[float, dict[str, float]] = {}
+        for bracket in self._brackets:
+            for milestone, recorded in bracket._rungs:
+                out.setdefault(milestone, {}).update(recorded)
+        return out
+
+
+def _logged_results(trial) -> list[dict]:
+    """The reports Tune logged for ``trial`` (one JSON object per line of its ``result.json``); none when new."""
+    import json
+
+    folders = []
+    for attr in ("local_path", "path"):
+        try:
+            folders.append(getattr(trial, attr))
+        except RuntimeError:  # a new trial has no folder before it starts
+            continue
+    for folder in dict.fromkeys(p for p in folders if p):
+        path = Path(folder) / "result.json"
+        if path.is_file():
+            rows = []
+            for line in path.read_text().splitlines():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:  # a line cut short by the interruption
+                    continue
+            return rows
+    return []
 
 
 def run_trial(config: dict, *, tune_spec: dict, base: str, study_path: str) -> None:
