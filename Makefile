@@ -10,7 +10,7 @@ FIND_LINKS := $(shell $(PY) -m pip config get global.find-links 2>/dev/null || e
 UV_FIND := $(if $(FIND_LINKS),--find-links $(FIND_LINKS),)
 UV_FLAGS := --python $(BIN)/python $(UV_FIND)
 # the lowest Ray of pyproject's range (`make test-ray-lowest`); the highest is the one `setup` resolves
-RAY_LOWEST ?= 2.56.0
+RAY_LOWEST ?= 2.57.0
 LOWEST := .venv-ray-lowest
 CORE := .venv-core
 export LMREC_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
