@@ -12,34 +12,12 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from lmrec.data.schema import Dataset
-from lmrec.data.splits import Split, SplitSpec, make_split
+# the named splits live beside the split specs (job specs take the names too); imported here for existing callers
+from lmrec.data.splits import CANONICAL_SPLITS, SPLIT_NAMES, Split, make_split, split_spec_from_name  # noqa: F401
 from lmrec.evaluation import evaluate_ranking, evaluate_ratings
 from lmrec.models.base import Recommender
 
 log = logging.getLogger(__name__)
-
-CANONICAL_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
-SPLIT_NAMES = CANONICAL_SPLITS + ("per-user-80-20", "random-80-20", "temporal-80-20", "leave-last-1", "cold-items-20")
-
-
-def split_spec_from_name(name: str, seed: int = 42) -> SplitSpec:
-    """The named splits the CLI and benchmarks offer, as typed specs."""
-    from pydantic import TypeAdapter
-
-    table = {
-        "per-user-80-20": {"kind": "per_user_random", "test_frac": 0.2, "seed": seed},
-        "random-80-20": {"kind": "random", "test_frac": 0.2, "seed": seed},
-        "temporal-80-20": {"kind": "temporal", "test_frac": 0.2},
-        "leave-last-1": {"kind": "leave_last_k", "k": 1},
-        "cold-items-20": {"kind": "cold_start_items", "item_frac": 0.2, "seed": seed},
-    }
-    if name in CANONICAL_SPLITS:
-        raw = {"kind": "ml100k_canonical", "name": name}
-    elif name in table:
-        raw = table[name]
-    else:
-        raise ValueError(f"unknown split {name!r}; choose one of: {', '.join(SPLIT_NAMES)}")
-    return TypeAdapter(SplitSpec).validate_python(raw)
 
 
 @dataclass

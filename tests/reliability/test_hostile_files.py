@@ -27,7 +27,7 @@ GOOD = b"user_id,item_id,rating\n1,10,4\n2,11,5\n"
 
 
 @pytest.mark.parametrize("content, message", [
-    (b"", "lacks column"),
+    (b"", "line 1: the file is empty"),
     (b"user_id,item_id,rating\n", "no data rows"),
     (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)), "not valid"),
     (b"user_id,item_id,rating\n1,10,4\n2,11", "line 3 has 2 (truncated file?)"),

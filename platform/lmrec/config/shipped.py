@@ -261,6 +261,9 @@ def _missing_in_train(path: Path) -> list[Reference]:
     serve_config = spec.incremental.serve_config
     if serve_config is not None and not Path(serve_config).expanduser().is_file():  # hot_swap opens it as given
         missing.append(Reference("incremental.serve_config", serve_config))
+    for table, source in (spec.data.source.tables() if spec.data.source is not None else {}).items():
+        if not Path(source.path).is_file():  # your own data: read from the directory lmrec runs in
+            missing.append(Reference(f"data.source.{table}.path", source.path))
     return missing
 
 

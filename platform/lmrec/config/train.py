@@ -4,21 +4,32 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lmrec.config.base import StrictModel
 from lmrec.config.incremental import IncrementalSpec
 from lmrec.config.scaling import ScalingSpec
-from lmrec.data.splits import ML100KCanonicalSpec, SplitSpec
+from lmrec.data.source import DataSource
+from lmrec.data.splits import ML100KCanonicalSpec, SplitSpec, split_spec_from_name
 from lmrec.strategies.spec import FullStrategy, StrategySpec
 
 ValMetric = Literal["val_rmse", "val_mae", "val_ndcg@10", "val_recall@10"]
 
 
 class DataSpec(StrictModel):
-    dataset: str = Field("ml-100k", description="Dataset name for lmrec.data.registry.load_dataset.")
+    dataset: str | None = Field(
+        None, description="Dataset name for lmrec.data.registry.load_dataset; none given = ml-100k, unless "
+        "data.source names your own files.",
+    )
+    source: DataSource | None = Field(
+        None, description="Your own files instead of a named dataset (lmrec.data.source): interactions, items with "
+        "text_columns, optional users; checked by `lmrec data validate SPEC`.",
+    )
     split: SplitSpec = Field(
-        default_factory=lambda: ML100KCanonicalSpec(name="u1"), description="How to split (lmrec.data.splits)."
+        default_factory=lambda: ML100KCanonicalSpec(name="u1"),
+        description="How to split (lmrec.data.splits): a mapping with a kind, or a name `lmrec baselines --split` "
+        "takes (u1..ub are ML-100K's canonical splits; per-user-80-20, random-80-20, temporal-80-20, leave-last-1, "
+        "cold-items-20 use seed 42, as there).",
     )
     valid_from_train: float = Field(
         0.05, ge=0, lt=0.5,
@@ -30,13 +41,35 @@ class DataSpec(StrictModel):
         "items measures what the cold-item test measures).",
     )
     item_template: str | None = Field(
-        None, description="Item text template (lmrec.data.text syntax); None = the dataset's default template."
+        None, description="Item text template (lmrec.data.text syntax); None = the dataset's default template "
+        "(data.source: its text_columns as sentences, '[{title}.] [{description}.]').",
     )
     user_template: str | None = Field(
         None, description="User text template; None = the dataset's default (only read when model.user_text is on)."
     )
     max_users: int | None = Field(None, ge=1, description="Keep only the first N users (tiny CI slices).")
     max_items: int | None = Field(None, ge=1, description="Keep only the first N items (tiny CI slices).")
+
+    @field_validator("split", mode="before")
+    @classmethod
+    def _split_by_name(cls, value):
+        return split_spec_from_name(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _data_and_split_agree(self) -> "DataSpec":
+        if self.source is not None and self.dataset is not None:
+            raise ValueError("give data.dataset (a named dataset) or data.source (your own files), not both")
+        if self.source is None and self.dataset is None:
+            self.dataset = "ml-100k"
+        if self.source is not None and "split" not in self.model_fields_set:
+            raise ValueError("data.source needs a data.split (e.g. per-user-80-20; the default u1 is ML-100K's)")
+        data = f"data.source ({self.source.name})" if self.source is not None else f"dataset {self.dataset!r}"
+        if isinstance(self.split, ML100KCanonicalSpec) and (self.source is not None or self.dataset != "ml-100k"):
+            raise ValueError(f"split {self.split.name} is one of ML-100K's canonical splits (u1..ub): it does not "
+                             f"apply to {data}; use another, e.g. per-user-80-20")
+        if self.source is not None and self.item_template is None:
+            self.item_template = self.source.default_item_template()  # shown in the resolved spec and manifest
+        return self
 
 
 class ModelSpec(StrictModel):
@@ -185,6 +218,8 @@ class TrainSpec(StrictModel):
         m = self.early_stopping.metric
         if m in ("val_rmse", "val_mae") and self.tasks.rating.weight == 0:
             raise ValueError(f"early_stopping.metric {m} needs the rating task (tasks.rating.weight > 0)")
+        if self.model.user_text and self.data.source is not None and self.data.user_template is None:
+            raise ValueError("model.user_text on your own data (data.source) needs a data.user_template")
         if self.strategy.name in ("lora", "progressive_unfreezing") and not self.optim.finetune_encoder:
             raise ValueError(f"strategy {self.strategy.name} trains the encoder: it needs optim.lr_encoder > 0 and "
                              f"optim.items_encoded_per_step > 0")

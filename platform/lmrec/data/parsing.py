@@ -317,6 +317,8 @@ def read_delimited(
 
     text, decode_problems = _decode(raw, encoding, source, lenient, locate)
     text = text.lstrip("\ufeff")
+    if header and not text.strip():  # else the message would be a header '' that lacks every column
+        raise DataError(f"{source} line 1: the file is empty (expected a header and data rows)")
     header_names = None
     if header:
         first_line = text.split("\n", 1)[0].rstrip("\r")
@@ -428,10 +430,12 @@ def read_jsonl(
         if not isinstance(record, dict):
             problems.append(Problem(f"{source} line {number}", "not a JSON object", number))
             continue
-        records.append(record if keep_other_columns else {k: record.get(k) for k in keys})
+        records.append(record if keep_other_columns else {k: record[k] for k in keys if k in record})
         lines.append(number)
     frame = pd.DataFrame.from_records(records) if records else pd.DataFrame()
-    columns = list(columns) + (_other_columns(frame, keys) if keep_other_columns else [])
+    # a column the file may lack and no record has is left out, as a CSV header without it would be
+    columns = [c for c in columns if c.key in frame or not c.may_be_absent]
+    columns += _other_columns(frame, keys) if keep_other_columns else []
     for col in columns:
         if col.key not in frame:
             frame[col.key] = pd.Series([None] * len(frame), dtype=object)
@@ -479,8 +483,11 @@ def read_parquet(
     return _finish(source, frame, problems, lenient)
 
 
-def check_unique(table: ParsedTable, column: str, lenient: bool) -> ParsedTable:
-    """Ids in a side table (items, users) must be unique; lenient keeps the first row of each id."""
+def check_unique(table: ParsedTable, column: str, lenient: bool, locate=None) -> ParsedTable:
+    """Ids in a side table (items, users) must be unique; lenient keeps the first row of each id.
+
+    locate(value, nth): where the nth row holding ``value`` is ("items.csv line 9, column 1 (id)"), for the error.
+    """
     duplicated = table.frame[column].duplicated()
     if not duplicated.any():
         return table
@@ -488,12 +495,51 @@ def check_unique(table: ParsedTable, column: str, lenient: bool) -> ParsedTable:
     count = int((table.frame[column] == first).sum())
     if not lenient:
         extra = int(duplicated.sum())
-        raise DataError(f"{table.source}: {column} {_show(first)} appears {count} times ({extra} duplicate row(s))")
+        where = (locate(first, 2) if locate else None) or table.source
+        raise DataError(f"{where}: {column} {_show(first)} appears {count} times ({extra} duplicate row(s))")
     dropped = [
         Problem(table.source, f"duplicate {column} {_show(v)} (first row kept)", 0)
         for v in table.frame.loc[duplicated, column]
     ]
     return ParsedTable(table.source, table.frame.loc[~duplicated].reset_index(drop=True), table.dropped + dropped)
+
+
+def locate_value(path: Path, kind: str, key: str, value, nth: int = 1) -> str | None:
+    """Where the ``nth`` row whose field ``key`` holds ``value`` is, as the readers name places; None if nowhere.
+
+    The readers' fast paths keep no line numbers: a check on the parsed frame (an unknown id, a duplicate) comes
+    back here to name the line a user would open. kind: "csv", "tsv", "jsonl" or "parquet".
+    """
+    path, wanted, seen = Path(path), str(value), 0
+    if kind == "parquet":
+        for row, v in enumerate(pq.read_table(path, columns=[key]).column(0).to_pylist(), start=1):
+            seen += str(v).strip() == wanted
+            if seen == nth:
+                return f"{path.name} row {row}, column '{key}'"
+        return None
+    text = read_bytes(path).decode("utf-8", errors="replace").lstrip("\ufeff")
+    if kind == "jsonl":
+        for number, line in enumerate(text.split("\n"), start=1):
+            try:
+                record = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and key in record and str(record[key]).strip() == wanted:
+                seen += 1
+                if seen == nth:
+                    return f"{path.name} line {number}, field '{key}'"
+        return None
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if kind == "tsv" else ",")
+    header = [h.strip() for h in next(reader, [])]
+    if key not in header:
+        return None
+    position = header.index(key)
+    for fields in reader:
+        if len(fields) > position and fields[position].strip() == wanted:
+            seen += 1
+            if seen == nth:
+                return f"{path.name} line {reader.line_num}, column {position + 1} ({key})"
+    return None
 
 
 class DropLog:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-from lmrec.data.canonical import ml100k_test_mask
+from lmrec.data.canonical import ML100K_SPLIT_NAMES, ml100k_test_mask
 from lmrec.data.schema import DataError, Dataset
 
 _TRAIN, _VALID, _TEST = 0, 1, 2
@@ -378,6 +378,28 @@ SplitSpec = Annotated[
     Field(discriminator="kind"),
 ]
 _SPEC_ADAPTER: TypeAdapter = TypeAdapter(SplitSpec, config=ConfigDict(title="SplitSpec"))
+
+
+CANONICAL_SPLITS = ML100K_SPLIT_NAMES
+SPLIT_NAMES = CANONICAL_SPLITS + ("per-user-80-20", "random-80-20", "temporal-80-20", "leave-last-1", "cold-items-20")
+
+
+def split_spec_from_name(name: str, seed: int = 42) -> SplitSpec:
+    """The named splits of ``lmrec baselines --split`` and of a job spec's ``data.split: NAME``, as typed specs."""
+    table = {
+        "per-user-80-20": {"kind": "per_user_random", "test_frac": 0.2, "seed": seed},
+        "random-80-20": {"kind": "random", "test_frac": 0.2, "seed": seed},
+        "temporal-80-20": {"kind": "temporal", "test_frac": 0.2},
+        "leave-last-1": {"kind": "leave_last_k", "k": 1},
+        "cold-items-20": {"kind": "cold_start_items", "item_frac": 0.2, "seed": seed},
+    }
+    if name in CANONICAL_SPLITS:
+        raw = {"kind": "ml100k_canonical", "name": name}
+    elif name in table:
+        raw = table[name]
+    else:
+        raise ValueError(f"unknown split {name!r}; choose one of: {', '.join(SPLIT_NAMES)}")
+    return _SPEC_ADAPTER.validate_python(raw)
 
 
 def parse_split_spec(data: dict) -> SplitSpec:

@@ -170,10 +170,11 @@ def build_prepared(
 
 
 def load_spec_dataset(spec: TrainSpec) -> Dataset:
-    """``spec.data.dataset``, cut to ``max_users`` x ``max_items`` when the spec asks for a slice."""
+    """``spec.data.dataset`` (or your files, ``spec.data.source``), cut to ``max_users`` x ``max_items`` when asked."""
     from lmrec.data.registry import load_dataset
+    from lmrec.data.source import load_source
 
-    dataset = load_dataset(spec.data.dataset)
+    dataset = load_source(spec.data.source) if spec.data.source is not None else load_dataset(spec.data.dataset)
     if spec.data.max_users is not None or spec.data.max_items is not None:
         dataset = _slice(dataset, spec.data.max_users, spec.data.max_items)
     return dataset

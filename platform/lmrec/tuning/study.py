@@ -160,7 +160,7 @@ def _trainable(study: Study):
     from ray import tune
 
     fn = tune.with_parameters(run_trial, tune_spec=study.spec.model_dump(mode="json"), base=str(study.base),
-                              study_path=study.path)
+                              study_path=study.path, workdir=os.getcwd())
     return tune.with_resources(fn, {"CPU": study.spec.resources.trial_cpu})
 
 

@@ -103,8 +103,21 @@ def _logged_results(trial) -> list[dict]:
     return []
 
 
-def run_trial(config: dict, *, tune_spec: dict, base: str, study_path: str) -> None:
-    """Tune function trainable: ``config`` holds the sampled parameters (simplex groups as raw coordinates)."""
+def _anchor_source_paths(train, workdir: str | None) -> None:
+    """Make ``data.source`` file paths absolute against the study driver's working directory: Tune runs a trial in
+    its own folder, where the relative paths a user wrote (from the directory ``lmrec tune`` ran in) would not
+    resolve."""
+    source = train.data.source
+    if source is None or workdir is None:
+        return
+    for table in source.tables().values():
+        if not Path(table.path).expanduser().is_absolute():
+            table.path = str(Path(workdir) / table.path)
+
+
+def run_trial(config: dict, *, tune_spec: dict, base: str, study_path: str, workdir: str | None = None) -> None:
+    """Tune function trainable: ``config`` holds the sampled parameters (simplex groups as raw coordinates);
+    ``workdir``: the directory ``lmrec tune`` ran in (relative data file paths are read from there)."""
     import ray.tune
 
     from lmrec.training.ray_train import build_trainer
@@ -113,6 +126,7 @@ def run_trial(config: dict, *, tune_spec: dict, base: str, study_path: str) -> N
     trial_id = ray.tune.get_context().get_trial_id()
     overrides = resolve_trial(spec, config)
     train = trial_spec(spec, Path(base), {**overrides, "name": trial_id, "scaling.storage_path": runs_dir(study_path)})
+    _anchor_source_paths(train, workdir)
     log.info("trial %s: %s", trial_id, {k: overrides[k] for k in overrides if k not in spec.overrides})
     # resume=True: a restored trial picks its trainer run (and latest epoch checkpoint) up again
     report = TrialReport(spec.metric, spec.objective, train.optim.epochs)

@@ -184,7 +184,7 @@ def test_custom_errors_name_the_row(tmp_path):
         load_custom(tmp_path / "noitem.csv")
     (tmp_path / "dup.csv").write_text("item_id,title\n1,a\n1,b\n")
     (tmp_path / "ok.csv").write_text("user_id,item_id\n1,1\n")
-    with pytest.raises(DataError, match="dup.csv: item_id '1' appears 2 times"):
+    with pytest.raises(DataError, match=r"dup.csv line 3, column 1 \(item_id\): item_id '1' appears 2 times"):
         load_custom(tmp_path / "ok.csv", tmp_path / "dup.csv")
 
 
