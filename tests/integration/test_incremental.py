@@ -84,7 +84,7 @@ def world(data_dir, tmp_path_factory):
 def _world(data_dir: Path, root: Path) -> dict:
     from lmrec.config.train import TrainSpec
     from lmrec.serving.cli import main_serve
-    from lmrec.training.incremental import ArtifactStore
+    from lmrec.pipelines.incremental import ArtifactStore
     from lmrec.training.local import train_local
 
     data = root / "data" / "ml-100k"

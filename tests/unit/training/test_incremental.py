@@ -11,7 +11,7 @@ import torch
 from lmrec.config.base import SpecError
 from lmrec.config.train import TrainSpec
 from lmrec.data.schema import DataError, Dataset
-from lmrec.training.incremental import (
+from lmrec.pipelines.incremental import (
     ArtifactStore,
     expand_state,
     locate,
@@ -105,7 +105,7 @@ def test_select_new_holds_out_the_newest_and_samples_replay():
 
 
 def test_spec_must_match_the_artifact_architecture():
-    from lmrec.training.incremental import check_compatible
+    from lmrec.pipelines.incremental import check_compatible
 
     spec = TrainSpec.model_validate({"model": {"dim": 16}})
     manifest = {"config": spec.model_dump(mode="json"), "model_args": {"ranking_head": "interest"}}

@@ -1,0 +1,2 @@
+"""Pipelines that drive training and serving together (a layer above both): continuous fine-tuning that trains on
+new interactions, gates on validation and hot-swaps the running Serve application."""
