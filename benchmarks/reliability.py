@@ -398,13 +398,18 @@ def kill_replica_under_load(url: str, bodies, deployment: str, rate: float, seco
 
 # ---------------------------------------------------------------- hostile HTTP input
 
-def fuzz_schema(schema, examples_per_operation: int, seed: int = 0) -> dict:
-    """Generated requests (schemathesis: valid and schema-violating) for every operation; counts by status."""
+def fuzz_schema(schema, examples_per_operation: int, seed: int = 0, headers: list[dict | None] | None = None) -> dict:
+    """Generated requests (schemathesis: valid and schema-violating) for every operation; counts by status.
+
+    ``headers``: extra headers sent in turn, one set per generated request (e.g. no token, a wrong one, the right
+    one: so that the auth paths are fuzzed too)."""
     import schemathesis
     from hypothesis import HealthCheck, Phase, given, settings
 
     counts: dict[str, dict[str, int]] = {}
     server_errors: list[dict] = []
+    turns = headers or [None]
+    sent = [0]
     for result in schema.get_all_operations():
         op = result.ok()
         key = f"{op.method.upper()} {op.path}"
@@ -416,7 +421,9 @@ def fuzz_schema(schema, examples_per_operation: int, seed: int = 0) -> dict:
                   phases=[Phase.generate], suppress_health_check=list(HealthCheck))
         @given(case=strategy)
         def run(case):
-            response = case.call(timeout=30)
+            extra = turns[sent[0] % len(turns)]
+            sent[0] += 1
+            response = case.call(timeout=30, headers=extra)
             by_status[str(response.status_code)] = by_status.get(str(response.status_code), 0) + 1
             if response.status_code >= 500:
                 server_errors.append({"operation": key, "body": repr(case.body)[:300],

@@ -55,7 +55,7 @@ def wait_for_quiet(threshold: float, max_s: float) -> float:
 def build_artifacts(encoder: str) -> dict:
     """Train (once; cached under runs/serve-bench) the two-tower and MF artifacts the service loads."""
     from lmrec.config.train import TrainSpec
-    from lmrec.serving.mf_artifact import train_mf_artifact
+    from lmrec.artifacts.mf import train_mf_artifact
     from lmrec.training.data import prepare_data
     from lmrec.training.local import train_local
 

@@ -102,8 +102,8 @@ def serving_artifacts(data_dir: Path, tmp_path_factory) -> dict:
     """Two two-tower artifact versions (seeds 0 and 1), an MF, an EASE and an item-kNN artifact, all on the same
     split."""
     from lmrec.config.train import TrainSpec
-    from lmrec.serving.item_item_artifact import train_item_item_artifact
-    from lmrec.serving.mf_artifact import train_mf_artifact
+    from lmrec.artifacts.item_item import train_item_item_artifact
+    from lmrec.artifacts.mf import train_mf_artifact
     from lmrec.training.data import prepare_data
     from lmrec.training.local import train_local
 

@@ -38,6 +38,21 @@ def _cmd_data_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_validate(args: argparse.Namespace) -> int:
+    from lmrec.config.base import load_spec
+    from lmrec.config.train import TrainSpec
+    from lmrec.data.check import check_training_data
+    from lmrec.training.data import load_spec_dataset
+    from lmrec.training.ray_train import parse_overrides
+
+    # a bad spec is a SpecError, bad data a DataError naming file, line and column: main() reports both (exit 2)
+    spec = load_spec(TrainSpec, args.spec, parse_overrides(args.set or []))
+    report = check_training_data(load_spec_dataset(spec), spec.data, rating_task=spec.tasks.rating.weight > 0)
+    print("\n".join(report.lines()))
+    print(f"OK {args.spec}: the data loads and splits as `lmrec train` would read it")
+    return 0
+
+
 def _cmd_baselines(args: argparse.Namespace) -> int:
     from lmrec.data.registry import load_dataset
     from lmrec.evaluation import format_metrics_table
@@ -81,7 +96,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"lmrec train: error: {e}", file=sys.stderr)
         return 2
     if args.from_artifact:
-        from lmrec.training.incremental import main_incremental
+        from lmrec.pipelines.incremental import main_incremental
 
         return main_incremental(args.spec, overrides, args.from_artifact)
     return main_train(args.spec, overrides, resume=not args.no_resume)
@@ -104,7 +119,8 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from lmrec.serving.cli import main_serve
 
-    return main_serve(args.config, address=args.address, detach=args.detach)
+    return main_serve(args.config, address=args.address, detach=args.detach, artifacts=args.artifact,
+                      weights=args.weight, write_config=args.write_config)
 
 
 def _cmd_specs_list(args: argparse.Namespace) -> int:
@@ -190,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print JSON")
     st.add_argument("--lenient", action="store_true", help="drop malformed rows (counted and reported)")
     st.set_defaults(func=_cmd_data_stats)
+    dv = data.add_parser("validate", help="read a job spec's data as `lmrec train` would: counts, split, problems "
+                         "(exit 2 naming file, line and column on bad input)")
+    dv.add_argument("spec", help="a job spec (data.source: your files, or data.dataset)")
+    dv.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a dotted spec key (repeatable)")
+    dv.set_defaults(func=_cmd_data_validate)
     cs = data.add_parser("canonical-splits", help="write ML-100K u1..u5/ua/ub split files generated from u.data")
     cs.add_argument("--out", required=True)
     cs.set_defaults(func=_cmd_data_canonical)
@@ -206,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a job spec on Ray Train (local Ray unless RAY_ADDRESS / a cluster)")
     tr.add_argument("spec", help="jobs/<name>.yaml")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a dotted spec key (repeatable)")
-    tr.add_argument("--no-resume", action="store_true", help="start fresh even if the run has checkpoints")
+    tr.add_argument("--no-resume", action="store_true", help="start a fresh, timestamped run even if the run has "
+                    "checkpoints (needed when the spec's model or data changed: a resume refuses another identity)")
     tr.add_argument("--from-artifact", metavar="URI", help="fine-tune this deployed artifact (or artifact store) on "
                     "the interactions newer than it; promote the result only if it is not worse (spec.incremental)")
     tr.set_defaults(func=_cmd_train)
@@ -224,7 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     en.set_defaults(func=_cmd_ensemble)
 
     sv = sub.add_parser("serve", help="run a Serve config locally (on a cluster: serve deploy <file>)")
-    sv.add_argument("config", help="serve/<app>.yaml")
+    sv.add_argument("config", nargs="?", help="serve/<app>.yaml (or give --artifact instead)")
+    sv.add_argument("--artifact", action="append", metavar="DIR", help="serve this artifact (repeatable; its member "
+                    "is read from its manifest: two-tower, MF, EASE, item-kNN or an ensemble)")
+    sv.add_argument("--weight", action="append", metavar="NAME=W", help="fusion weight of a member "
+                    "(two_tower, mf, ease, item_knn; default equal weights)")
+    sv.add_argument("--write-config", metavar="FILE", help="write the Serve config of the --artifact set and exit")
     sv.add_argument("--address", default=None, help="join a running Ray cluster (e.g. auto)")
     sv.add_argument("--detach", action="store_true", help="return once running (needs an outside Ray cluster)")
     sv.set_defaults(func=_cmd_serve)

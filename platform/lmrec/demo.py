@@ -103,7 +103,7 @@ def _tune(ds, out_dir: Path, stages: int, rating_records: list[dict]):
 def _serve(spec, artifact: str, out_dir: Path, stages: int):
     """Stage 6: the ensemble (two-tower + MF on the same split) on Ray Serve, every endpoint called once or more."""
     from lmrec.demo_stages import latency_chart, serve_stage
-    from lmrec.serving.mf_artifact import train_mf_artifact
+    from lmrec.artifacts.mf import train_mf_artifact
     from lmrec.training.data import prepare_data
 
     print(f"[7/{stages}] Ray Serve: the ensemble (two-tower + MF) on loopback, sample requests", flush=True)

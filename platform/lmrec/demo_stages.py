@@ -9,6 +9,7 @@ stage) hosts Tune and Serve.
 from __future__ import annotations
 
 import json
+import secrets
 import socket
 import time
 import urllib.request
@@ -116,9 +117,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _post(url: str, body: dict | None = None, timeout: float = 30.0) -> tuple[dict, float]:
+def _post(url: str, body: dict | None = None, timeout: float = 30.0,
+          token: str | None = None) -> tuple[dict, float]:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"},
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
+    req = urllib.request.Request(url, data=data, headers=headers,
                                  method="GET" if body is None else "POST")
     t0 = time.perf_counter()
     with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -152,7 +155,8 @@ def serve_stage(two_tower_artifact: str, mf_artifact: str, user_ids: list, item_
     raw["http_options"] = {**raw.get("http_options", {}), "host": "127.0.0.1", "port": port}
     raw["applications"][0]["args"].update(two_tower_artifact=str(two_tower_artifact), mf_artifact=str(mf_artifact))
     t0 = time.perf_counter()
-    deploy_config(load_serve_config(raw))
+    token = secrets.token_urlsafe(24)  # POST /items needs the write token (lmrec.serving.auth): a one-off one
+    deploy_config(load_serve_config(raw), env_vars={"LMREC_WRITE_TOKEN": token})
     url = f"http://127.0.0.1:{port}"
     rng = np.random.default_rng(seed)
     samples: dict[str, dict] = {}
@@ -179,7 +183,8 @@ def serve_stage(two_tower_artifact: str, mf_artifact: str, user_ids: list, item_
         samples["/similar-items"], _ = _post(f"{url}/similar-items", {"item_id": item_ids[0], "k": 5})
         new_item = "demo-new-item"
         samples["/items"], _ = _post(f"{url}/items", {"item_id": new_item,
-                                                      "text": "Galactic Rescue (2026) | Sci-Fi, Adventure"})
+                                                      "text": "Galactic Rescue (2026) | Sci-Fi, Adventure"},
+                                    token=token)
         samples["/similar-items (new item)"], _ = _post(f"{url}/similar-items", {"item_id": new_item, "k": 5})
     finally:
         serve.shutdown()

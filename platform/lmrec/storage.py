@@ -115,6 +115,26 @@ def _read_bytes(fs, path: str) -> bytes:
         return f.read()
 
 
+def read_text(location: str) -> str | None:
+    """The UTF-8 text of the file at ``location`` (local or URI); ``None`` when there is no such file."""
+    import pyarrow.fs
+
+    fs, path = filesystem(normalize(location))
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    return _read_bytes(fs, path).decode("utf-8")
+
+
+def write_text(location: str, text: str) -> str:
+    """Write ``text`` (UTF-8) to the file at ``location`` (local or URI), creating its folder."""
+    location = normalize(location)
+    fs, path = filesystem(location)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode("utf-8"))
+    return location
+
+
 def download_dir(location: str, local_dir: str | Path) -> Path:
     """Copy every file under ``location`` into ``local_dir``; entries that would leave it are rejected."""
     import pyarrow.fs

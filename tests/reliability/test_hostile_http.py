@@ -16,21 +16,28 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 MAX_BODY = 4096
+WRITE, READ = "fuzz-write-token", "fuzz-read-token"
+# each generated request goes out with the next of these: no token, a wrong one, the read token, the write token
+AUTH_TURNS = [None, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {READ}"},
+              {"Authorization": f"Bearer {WRITE}"}]
 
 
 @pytest.fixture(scope="module")
 def app(serving_artifacts):
     from lmrec.serving.app import build_bare_app
+    from lmrec.serving.auth import Tokens
 
     return build_bare_app({"two_tower_artifact": str(serving_artifacts["v1"]),
-                           "mf_artifact": str(serving_artifacts["mf"]), "max_body_bytes": MAX_BODY})
+                           "mf_artifact": str(serving_artifacts["mf"]), "max_body_bytes": MAX_BODY},
+                          tokens=Tokens.of(write=WRITE, read=READ))
 
 
 @pytest.fixture(scope="module")
 def client(app):
     from fastapi.testclient import TestClient
 
-    with TestClient(app, raise_server_exceptions=False) as c:
+    # the app has a read token (for the fuzz test's auth paths): the other tests read with it
+    with TestClient(app, raise_server_exceptions=False, headers={"Authorization": f"Bearer {READ}"}) as c:
         yield c
 
 
@@ -39,13 +46,16 @@ def test_fuzz_every_operation_no_5xx(app, client):
     from reliability import fuzz_schema
 
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
-    result = fuzz_schema(schema, examples_per_operation=40)
-    assert {"POST /recommend", "POST /predict", "POST /similar-items", "POST /cold-start/recommend",
-            "POST /items", "GET /health", "GET /version", "GET /stats"} <= set(result["by_operation"])
-    assert result["requests"] >= 5 * 40 + 3
+    result = fuzz_schema(schema, examples_per_operation=170, headers=AUTH_TURNS)
+    assert {"POST /recommend", "POST /recommend/batch", "POST /predict", "POST /similar-items",
+            "POST /cold-start/recommend", "POST /items", "GET /health", "GET /version",
+            "GET /stats"} <= set(result["by_operation"])
+    assert result["requests"] >= 1000
     assert result["server_errors"] == 0, result["server_error_examples"]
     statuses = {s for c in result["by_operation"].values() for s in c}
-    assert "422" in statuses and "200" in statuses  # it did send both rejected and accepted requests
+    assert {"200", "401", "403", "422"} <= statuses  # rejected, unauthenticated, forbidden and accepted requests
+    assert {"201", "401", "403"} <= set(result["by_operation"]["POST /items"])  # writes with each kind of token
+    print(f"fuzz: {result['requests']} requests, {result['server_errors']} 5xx, {result['by_operation']}")
     assert client.get("/health").json() == {"status": "ok"}  # and the members still answer
 
 

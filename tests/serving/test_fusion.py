@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -76,24 +74,20 @@ def test_mf_artifact_roundtrip_and_tamper(serving_artifacts, tmp_path):
         MFMember(bad)
 
 
-@pytest.fixture(scope="module")
-def bare(serving_artifacts):
-    """The bare single-process app (same routes and computation as the Serve app) on a loopback port."""
-    import uvicorn
+WRITE_TOKEN = "fusion-test-write-token"
 
+
+@pytest.fixture(scope="module")
+def bare(serving_artifacts, on_loopback):
+    """The bare single-process app (same routes and computation as the Serve app) on a loopback port."""
     from lmrec.serving.app import build_bare_app
+    from lmrec.serving.auth import Tokens
 
     app = build_bare_app({"two_tower_artifact": str(serving_artifacts["v1"]),
-                          "mf_artifact": str(serving_artifacts["mf"]), "max_body_bytes": 4096})
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+                          "mf_artifact": str(serving_artifacts["mf"]), "max_body_bytes": 4096},
+                         tokens=Tokens.of(write=WRITE_TOKEN))
+    with on_loopback(app) as url:
+        yield url
 
 
 @pytest.mark.parametrize("path, body, status, needle", [
@@ -113,7 +107,8 @@ def bare(serving_artifacts):
 def test_bad_requests_are_4xx_with_a_message(bare, path, body, status, needle):
     import requests
 
-    r = requests.post(bare + path, json=body, timeout=30)
+    auth = {"Authorization": f"Bearer {WRITE_TOKEN}"} if path == "/items" else None  # writes need the token
+    r = requests.post(bare + path, json=body, headers=auth, timeout=30)
     assert r.status_code == status, r.text
     assert needle in r.text
 
@@ -124,14 +119,6 @@ def test_oversized_body_is_413(bare):
     body = json.dumps({"user_id": 1, "item_ids": [1] * 2000}).encode()
     r = requests.post(bare + "/predict", data=body, headers={"content-type": "application/json"}, timeout=30)
     assert r.status_code == 413 and "larger than 4096 bytes" in r.text
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _CountingCatalog:

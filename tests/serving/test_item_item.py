@@ -12,7 +12,7 @@ import pytest
 
 from lmrec.models.artifact import ArtifactError
 from lmrec.models.baselines import EASE, BiasedMF, ItemKNN
-from lmrec.serving.item_item_artifact import load_item_item_artifact, save_item_item_artifact
+from lmrec.artifacts.item_item import load_item_item_artifact, save_item_item_artifact
 from lmrec.serving.members import ItemItemMember
 
 WEIGHTS = {"two_tower": 0.3, "mf": 0.2, "ease": 0.5}

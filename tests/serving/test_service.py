@@ -18,6 +18,7 @@ import yaml
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
+WRITE_TOKEN = "service-test-write-token"
 
 
 def _config(raw: dict, port: int, artifacts: dict) -> dict:
@@ -43,16 +44,22 @@ def service(serving_artifacts, tmp_path_factory):
     path = tmp_path_factory.mktemp("serve") / "app.yaml"
     path.write_text(yaml.safe_dump(raw))
     ray.init(num_cpus=2, include_dashboard=False, namespace="serve", log_to_driver=False)
-    try:
-        assert main_serve(str(path), detach=True) == 0  # the CLI's own deploy path, returning once running
-        yield {"url": f"http://127.0.0.1:{raw['http_options']['port']}", "raw": raw, **serving_artifacts}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    # POST /items needs the write token (lmrec.serving.auth). Exported for the whole module, as in a shell: each
+    # deploy forwards it, so the hot swap's redeploy changes only user_config (a changed runtime_env would
+    # restart every replica instead)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LMREC_WRITE_TOKEN", WRITE_TOKEN)
+        try:
+            assert main_serve(str(path), detach=True) == 0  # the CLI's own deploy path, returning once running
+            yield {"url": f"http://127.0.0.1:{raw['http_options']['port']}", "raw": raw, **serving_artifacts}
+        finally:
+            serve.shutdown()
+            ray.shutdown()
 
 
 def post(service, path: str, body: dict, timeout: float = 30) -> requests.Response:
-    return requests.post(service["url"] + path, json=body, timeout=timeout)
+    return requests.post(service["url"] + path, json=body, timeout=timeout,
+                         headers={"Authorization": f"Bearer {WRITE_TOKEN}"})
 
 
 def _manifest_sha(folder) -> str:

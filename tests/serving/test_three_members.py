@@ -79,7 +79,7 @@ def test_cold_start_folds_the_user_into_ease(service):
 
 def test_ease_member_hot_swaps(service, tmp_path):
     from lmrec.serving.cli import deploy_config, load_serve_config, with_artifacts
-    from lmrec.serving.item_item_artifact import load_item_item_artifact, train_item_item_artifact
+    from lmrec.artifacts.item_item import load_item_item_artifact, train_item_item_artifact
 
     new = train_item_item_artifact(service["data"], tmp_path / "ease-v2", "ease", l2=400.0)
     new_sha = load_item_item_artifact(new).sha256

@@ -15,7 +15,7 @@ from lmrec.config.train import DataSpec
 
 # The members Serve's ingress fuses (``lmrec.serving.app.EnsembleWeights``); two_tower also serves texts. Each name
 # takes its own artifact kind: two_tower a two-tower artifact, mf an MF artifact, ease / item_knn an item-item
-# artifact of that kind (``lmrec.serving.item_item_artifact``).
+# artifact of that kind (``lmrec.artifacts.item_item``).
 MEMBERS = ("two_tower", "mf", "ease", "item_knn")
 
 

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from lmrec.config.base import StrictModel
 from lmrec.config.incremental import IncrementalSpec
 from lmrec.config.scaling import ScalingSpec
+from lmrec.data.registry import DATASET_NAMES
 from lmrec.data.source import DataSource
 from lmrec.data.splits import ML100KCanonicalSpec, SplitSpec, split_spec_from_name
 from lmrec.strategies.spec import FullStrategy, StrategySpec
@@ -64,7 +65,9 @@ class DataSpec(StrictModel):
         if self.source is not None and "split" not in self.model_fields_set:
             raise ValueError("data.source needs a data.split (e.g. per-user-80-20; the default u1 is ML-100K's)")
         data = f"data.source ({self.source.name})" if self.source is not None else f"dataset {self.dataset!r}"
-        if isinstance(self.split, ML100KCanonicalSpec) and (self.source is not None or self.dataset != "ml-100k"):
+        # a named dataset other than ML-100K; a dataset built in code (Dataset.build) is not known here
+        other = self.source is not None or (self.dataset in DATASET_NAMES and self.dataset != "ml-100k")
+        if isinstance(self.split, ML100KCanonicalSpec) and other:
             raise ValueError(f"split {self.split.name} is one of ML-100K's canonical splits (u1..ub): it does not "
                              f"apply to {data}; use another, e.g. per-user-80-20")
         if self.source is not None and self.item_template is None:

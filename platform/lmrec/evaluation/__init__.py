@@ -5,6 +5,7 @@ from lmrec.evaluation.evaluate import (
     evaluate_ranking,
     evaluate_ratings,
     format_metrics_table,
+    test_metrics,
     validation_metrics,
 )
 from lmrec.evaluation.metrics import (
@@ -25,6 +26,7 @@ __all__ = [
     "evaluate_model",
     "evaluate_ranking",
     "validation_metrics",
+    "test_metrics",
     "evaluate_ratings",
     "format_metrics_table",
     "mae",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -107,6 +108,28 @@ def validation_metrics(
     if got.get("users", 0):
         out.update({f"val_{m}@{k}": float(got[f"{m}@{k}"]) for m in ("ndcg", "recall")})
     return out
+
+
+def test_metrics(
+    model: Recommender,
+    known_df: pd.DataFrame,
+    valid_df: pd.DataFrame | None,
+    test_df: pd.DataFrame,
+    n_items: int,
+    *,
+    ks: Sequence[int] = (10,),
+    ratings: bool = False,
+    cold_items: ArrayLike | None = None,
+) -> dict[str, float]:
+    """What a training run reports once, at its end, on the model validation selected: ``evaluate_model`` of the
+    ``test_df`` rows (``known_df`` and ``valid_df`` items excluded; only the ``cold_items`` of the test part ranked
+    on a cold-start split), every key prefixed ``test_``. Test numbers are never used to select anything."""
+    split = SimpleNamespace(train=known_df, valid=valid_df, test=test_df, cold_items=cold_items)
+    got = evaluate_model(model, split, n_items, ks, rating_metrics=ratings, part="test")
+    return {f"test_{k}": float(v) for k, v in got.items()}
+
+
+test_metrics.__test__ = False  # a test module that imports it must not have pytest collect it as a test
 
 
 def evaluate_model(

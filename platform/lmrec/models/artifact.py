@@ -10,7 +10,7 @@ Layout of an artifact folder::
     model.safetensors         TwoTowerModel state dict (encoder, towers, heads, item-text cache, histories)
     item_embeddings.safetensors  precomputed item/user vectors, item biases, interest-space vectors
     encoder_config.json       the backbone's HF config (rebuilds the architecture without the hub)
-    id_maps.json              raw user/item ids in index order
+    id_maps.json              raw user/item ids in index order (and item_texts, when the writer passed them)
     tokenizer/                the tokenizer files
 
 ``load_artifact`` checks every hash (and that no file was added or removed) before it reads any weights; manifest
@@ -51,9 +51,13 @@ def sha256_file(path: Path) -> str:
 
 
 def write_member_manifest(root: Path, fmt: str, *, user_ids, item_ids, item_texts: list[str] | None, n_items: int,
-                          fields: dict) -> None:
-    """``id_maps.json`` and the manifest (format, ``fields``, sha256 of every file) of a collaborative member
-    artifact (MF, EASE, item-kNN): written after its arrays, so the manifest covers them."""
+                          fields: dict, metrics: dict | None = None, params: dict | None = None,
+                          fingerprint: str | None = None) -> None:
+    """``id_maps.json`` and the manifest (format, ``fields``, ``params``, the dataset fingerprint, the numeric
+    ``metrics``, sha256 of every file) of a collaborative member artifact (MF, EASE, item-kNN): written after its
+    arrays, so the manifest covers them."""
+    fields = {**fields, "params": params or {}, "dataset_fingerprint": fingerprint,
+              "metrics": {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}}
     plain = lambda ids: [v.item() if hasattr(v, "item") else v for v in list(ids)]  # noqa: E731
     texts = list(item_texts) if item_texts is not None else [""] * n_items
     (root / "id_maps.json").write_text(json.dumps(
@@ -108,6 +112,7 @@ def save_artifact(
     metrics: dict | None = None,
     data_cutoff: int | None = None,
     lineage: dict | None = None,
+    item_texts: list[str] | None = None,
 ) -> Path:
     """Write the artifact folder (see module docstring); returns its path."""
     root = Path(directory)
@@ -118,7 +123,11 @@ def save_artifact(
     tables = {k: v.detach().float().cpu().contiguous() for k, v in model.precompute().items()}
     save_file(tables, str(root / "item_embeddings.safetensors"))
     (root / "encoder_config.json").write_text(json.dumps(model.encoder.backbone.config.to_dict(), indent=1))
-    (root / "id_maps.json").write_text(json.dumps({"user_ids": _plain(user_ids), "item_ids": _plain(item_ids)}))
+    # item_texts (optional, in item order): Serve shows and filters on them when no other member carries texts
+    ids = {"user_ids": _plain(user_ids), "item_ids": _plain(item_ids)}
+    if item_texts is not None:
+        ids["item_texts"] = [str(t) for t in item_texts]
+    (root / "id_maps.json").write_text(json.dumps(ids))
     tokenizer.save_pretrained(str(root / "tokenizer"))
     files = {rel: sha256_file(root / rel) for rel in _listed_files(root)}
     manifest = {
@@ -183,6 +192,7 @@ class LoadedArtifact:
     user_ids: list
     item_ids: list
     embeddings: dict[str, torch.Tensor]
+    item_texts: list[str] | None = None
 
 
 def load_artifact(directory: str | Path, device: str | torch.device = "cpu") -> LoadedArtifact:
@@ -213,4 +223,5 @@ def load_artifact(directory: str | Path, device: str | torch.device = "cpu") -> 
         user_ids=ids["user_ids"],
         item_ids=ids["item_ids"],
         embeddings=embeddings,
+        item_texts=ids.get("item_texts"),
     )

@@ -1,7 +1,8 @@
 """HTTP API of the recommendation service: request/response schemas and the FastAPI app (OpenAPI at /docs).
 
 Every bad input is a 4xx with a message that names the problem: schema violations are FastAPI's 422, unknown
-ids 404, duplicates 409, bodies over the size limit 413. A member replica that died under a request (or a hot
+ids 404, duplicates 409, bodies over the size limit 413; writes without a bearer token 401, with a wrong one 403
+(``lmrec.serving.auth``). A member replica that died under a request (or a hot
 swap in progress) is a 503 with ``Retry-After``: clients retry it (docs/reliability.md). The same ``build_api`` serves the Ray Serve ingress
 and the bare single-process app of the benchmark.
 """
@@ -10,18 +11,23 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, Union
+import uuid
+from typing import Annotated, Literal, Union
 
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, model_validator
 
+from lmrec.serving.auth import Tokens, require_read, require_write
+
 MAX_K = 1000
 MAX_IDS = 1000
 MAX_RATINGS = 500
 MAX_TEXT_CHARS = 2000
+MAX_BATCH_USERS = 1000
+MAX_FILTER_VALUES = 100
 
 # Raw ids are the dataset's own: ints for MovieLens, strings for Amazon. JSON 5 and "5" name the same item.
 RawId = Union[int, Annotated[str, StringConstraints(min_length=1, max_length=200)]]
@@ -40,6 +46,15 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ItemFilter(_Request):
+    field: Literal["text"] = Field(
+        "text", description="The item field to test. The artifacts carry each item's text (title, genres, ... as "
+                            "rendered for the encoder), so that is the one field for now.")
+    contains_any: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
+        min_length=1, max_length=MAX_FILTER_VALUES,
+        description="Keep an item when its field contains one of these strings (ignoring case), e.g. [\"Comedy\"].")
+
+
 class RecommendRequest(_Request):
     user_id: RawId = Field(description="The user's raw id in the dataset.")
     k: StrictInt = Field(10, ge=1, le=MAX_K, description="How many items to return.")
@@ -47,6 +62,16 @@ class RecommendRequest(_Request):
     candidate_item_ids: list[RawId] | None = Field(
         None, min_length=1, max_length=MAX_IDS, description="Rank only these items (raw ids).")
     explain: bool = Field(False, description="Add the user's liked items that most support each recommendation.")
+    exclude_item_ids: list[RawId] | None = Field(
+        None, max_length=MAX_IDS, description="Never return these items (raw ids; ids the service does not know are "
+                                              "ignored).")
+    filter: ItemFilter | None = Field(None, description="Return only items that pass this filter.")
+
+
+class RecommendBatchRequest(_Request):
+    requests: list[RecommendRequest] = Field(
+        min_length=1, max_length=MAX_BATCH_USERS,
+        description=f"One /recommend request per user (at most {MAX_BATCH_USERS}), each with its own k and options.")
 
 
 class PredictRequest(_Request):
@@ -111,6 +136,21 @@ class RecommendResponse(BaseModel):
     user_id: RawId | None = None
     items: list[ScoredItem]
     versions: dict[str, str] = Field(description="sha256 (first 12 hex) of each member's artifact that answered.")
+    recommendation_id: str = Field(description="A fresh uuid of this answer (log it with clicks to join them).")
+
+
+class EntryError(BaseModel):
+    status: int
+    detail: str
+
+
+class BatchEntry(RecommendResponse):
+    error: EntryError | None = Field(None, description="Why this user got no items (e.g. 404 unknown user).")
+
+
+class RecommendBatchResponse(BaseModel):
+    results: list[BatchEntry] = Field(description="One entry per request, in order.")
+    recommendation_id: str = Field(description="A fresh uuid of the whole batch.")
 
 
 class Prediction(BaseModel):
@@ -188,8 +228,19 @@ def _replica_unavailable(error: Exception) -> bool:
     return isinstance(error, kinds)
 
 
-def build_api(router, max_body_bytes: int = 65536, title: str = "lmrec recommendation service") -> FastAPI:
-    """The FastAPI app over an ``EnsembleRouter`` (``lmrec.serving.ensemble``)."""
+def _with_id(answer: dict) -> dict:
+    return {**answer, "recommendation_id": uuid.uuid4().hex}
+
+
+def build_api(router, max_body_bytes: int = 65536, title: str = "lmrec recommendation service",
+              tokens: Tokens | None = None) -> FastAPI:
+    """The FastAPI app over an ``EnsembleRouter`` (``lmrec.serving.ensemble``).
+
+    ``tokens``: the bearer tokens (``lmrec.serving.auth``); None or no write token: writes are refused (403).
+    Request counts go to ``router.metrics`` when it has one (``lmrec.serving.metrics``).
+    """
+    tokens = tokens or Tokens()
+    reads = [Depends(require_read(tokens))] if tokens.read is not None else []
     app = FastAPI(title=title, description=__doc__)
 
     async def run(coro):
@@ -205,35 +256,48 @@ def build_api(router, max_body_bytes: int = 65536, title: str = "lmrec recommend
             raise HTTPException(503, f"a model replica is unavailable ({type(e).__name__}); retry shortly",
                                 headers={"Retry-After": "1"}) from None
 
-    @app.post("/recommend", response_model=RecommendResponse, summary="Top-k items for a known user")
+    @app.post("/recommend", response_model=RecommendResponse, dependencies=reads,
+              summary="Top-k items for a known user")
     async def recommend(req: RecommendRequest):
-        return await run(router.recommend(req))
+        return _with_id(await run(router.recommend(req)))
 
-    @app.post("/predict", response_model=PredictResponse, summary="Predicted ratings of a user for given items")
+    @app.post("/recommend/batch", response_model=RecommendBatchResponse, dependencies=reads,
+              summary=f"Top-k items for up to {MAX_BATCH_USERS} known users in one call")
+    async def recommend_batch(req: RecommendBatchRequest):
+        out = await run(router.recommend_batch(req))
+        return _with_id({"results": [_with_id(r) for r in out["results"]]})
+
+    @app.post("/predict", response_model=PredictResponse, dependencies=reads,
+              summary="Predicted ratings of a user for given items")
     async def predict(req: PredictRequest):
         return await run(router.predict(req))
 
-    @app.post("/similar-items", response_model=RecommendResponse, summary="Items like an item or a text")
+    @app.post("/similar-items", response_model=RecommendResponse, dependencies=reads,
+              summary="Items like an item or a text")
     async def similar_items(req: SimilarItemsRequest):
-        return await run(router.similar_items(req))
+        return _with_id(await run(router.similar_items(req)))
 
-    @app.post("/cold-start/recommend", response_model=RecommendResponse, summary="Top-k items for an unseen user")
+    @app.post("/cold-start/recommend", response_model=RecommendResponse, dependencies=reads,
+              summary="Top-k items for an unseen user")
     async def cold_start(req: ColdStartRequest):
-        return await run(router.cold_start(req))
+        return _with_id(await run(router.cold_start(req)))
 
-    @app.post("/items", response_model=AddItemResponse, status_code=201, summary="Add an item from its text")
+    @app.post("/items", response_model=AddItemResponse, status_code=201, summary="Add an item from its text",
+              dependencies=[Depends(require_write(tokens))],
+              description="Needs the write token: `Authorization: Bearer <LMREC_WRITE_TOKEN>`.")
     async def add_item(req: AddItemRequest):
         return await run(router.add_item(req))
 
+    # liveness stays open (load balancers and Serve's own checks call it without credentials)
     @app.get("/health", summary="Liveness: every member answers")
     async def health():
         return await run(router.health())
 
-    @app.get("/version", summary="Artifact name, version and sha256 of every member")
+    @app.get("/version", dependencies=reads, summary="Artifact name, version and sha256 of every member")
     async def version():
         return await run(router.version())
 
-    @app.get("/stats", summary="Encoder batching statistics and catalog size")
+    @app.get("/stats", dependencies=reads, summary="Encoder batching statistics and catalog size")
     async def stats():
         return await run(router.stats())
 
@@ -244,7 +308,33 @@ def build_api(router, max_body_bytes: int = 65536, title: str = "lmrec recommend
         return JSONResponse(status_code=422, content={"detail": _finite(jsonable_encoder(exc.errors()))})
 
     app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)
+    if getattr(router, "metrics", None) is not None:
+        app.add_middleware(_CountRequests, metrics=router.metrics, paths={r.path for r in app.routes})
     return app
+
+
+class _CountRequests:
+    """ASGI middleware: one ``metrics.request(endpoint, status)`` per answered request (outermost, so 413s and
+    401s count too). Unknown paths count as one endpoint: a scanner must not create a label per URL."""
+
+    def __init__(self, app, metrics, paths: set[str]) -> None:
+        self.app, self.metrics, self.paths = app, metrics, paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        endpoint = f"{scope['method']} {scope['path']}" if scope["path"] in self.paths else "other"
+        status = {"code": 500}
+
+        async def record(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            self.metrics.request(endpoint, status["code"])
 
 
 def _finite(value):

@@ -57,13 +57,13 @@ class ServeAppArgs(StrictModel):
                           "...). Required unless ensemble_artifact is set."
     )
     mf_artifact: str | None = Field(
-        None, description="MF artifact (lmrec.serving.mf_artifact): a folder or a storage URI."
+        None, description="MF artifact (lmrec.artifacts.mf): a folder or a storage URI."
     )
     ease_artifact: str | None = Field(
-        None, description="EASE artifact (lmrec.serving.item_item_artifact, kind ease): a folder or a storage URI."
+        None, description="EASE artifact (lmrec.artifacts.item_item, kind ease): a folder or a storage URI."
     )
     item_knn_artifact: str | None = Field(
-        None, description="Item-kNN artifact (lmrec.serving.item_item_artifact, kind item_knn): a folder or a "
+        None, description="Item-kNN artifact (lmrec.artifacts.item_item, kind item_knn): a folder or a "
                           "storage URI."
     )
     weights: EnsembleWeights = Field(default_factory=EnsembleWeights, description="Fusion weights per member.")
@@ -201,7 +201,7 @@ class _LocalMember:
         return self.member.table
 
     def item_texts(self):
-        return self.member.sha256, self.member.art.item_texts
+        return self.member.sha256, self.member.table.item_texts
 
 
 class _LocalEncoder:
@@ -217,13 +217,17 @@ class _LocalEncoder:
         return {"sha256": self.core.sha256, "batches": None}
 
 
-def build_bare_app(args: ServeAppArgs):
-    """The same FastAPI routes and computation in one process (no Ray): the benchmark's overhead baseline."""
+def build_bare_app(args: ServeAppArgs, tokens=None):
+    """The same FastAPI routes and computation in one process (no Ray): the benchmark's overhead baseline.
+
+    ``tokens``: ``lmrec.serving.auth.Tokens`` (default: from this process's environment, as a replica does)."""
     from lmrec.serving.api import build_api
     from lmrec.serving.encoder_service import TextEncoderCore
     from lmrec.serving.ensemble import EnsembleRouter
     from lmrec.serving.members import ItemItemMember, MFMember, TwoTowerMember
+    from lmrec.serving.auth import Tokens
     from lmrec.serving.catalog import ItemCatalogCore
+    from lmrec.serving.metrics import ServiceMetrics
 
     args = resolve_ensemble(ServeAppArgs.model_validate(args) if not isinstance(args, ServeAppArgs) else args)
     check_artifacts(args)
@@ -233,6 +237,7 @@ def build_bare_app(args: ServeAppArgs):
     router = EnsembleRouter(
         LocalHandle(_LocalMember(TwoTowerMember(args.two_tower_artifact))), members,
         LocalHandle(_LocalEncoder(TextEncoderCore(args.two_tower_artifact))), LocalHandle(ItemCatalogCore()),
-        args.served_weights(), liked_threshold=args.liked_threshold,
+        args.served_weights(), liked_threshold=args.liked_threshold, metrics=ServiceMetrics(prometheus=False),
     )
-    return build_api(router, args.max_body_bytes, title="lmrec recommendation service (bare, single process)")
+    return build_api(router, args.max_body_bytes, title="lmrec recommendation service (bare, single process)",
+                     tokens=tokens if tokens is not None else Tokens.from_env())

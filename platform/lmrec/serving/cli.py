@@ -1,5 +1,17 @@
 """``lmrec serve serve/<app>.yaml``: run a Serve config file locally (the same file ``serve deploy`` takes).
 
+``lmrec serve --artifact DIR [--artifact DIR ...] [--weight name=w ...] [--write-config FILE]``: the shipped
+``serve/recommender.yaml`` over those artifacts, each one's member found from its manifest (``artifact_member``),
+weighted equally unless ``--weight`` says otherwise; ``--write-config`` writes that config (for ``serve deploy``)
+and exits instead of serving.
+
+Bearer tokens (``lmrec.serving.auth``) set in this process's environment are forwarded to the replicas through the
+applications' ``runtime_env.env_vars`` (``deploy_config``), so ``export LMREC_WRITE_TOKEN=...`` before
+``lmrec serve`` is enough, also with ``--address`` on a cluster started elsewhere; a redeploy from a process
+without them (a hot swap, a promotion) keeps those of the running application. They never go into a written
+file; on a cluster deployed with ``serve deploy`` give the nodes (or the file's ``runtime_env``) the variables,
+preferably the ``*_FILE`` form so that only a path travels.
+
 Locally this starts Ray if none is running (or joins ``--address``), starts Serve with the file's
 ``http_options`` (bind 127.0.0.1 unless the file says otherwise), deploys the file's applications exactly as the
 Serve controller deploys them from ``serve deploy`` (per-deployment overrides, ``user_config``, autoscaling), waits
@@ -84,6 +96,99 @@ def with_artifacts(raw: dict, two_tower_artifact: str | None = None, mf_artifact
     return out
 
 
+MEMBER_OF_FORMAT = {"lmrec.two_tower/1": "two_tower", "lmrec.mf/1": "mf", "lmrec.ensemble/1": "ensemble"}
+
+
+def artifact_member(location: str) -> str:
+    """The member an artifact serves as (``two_tower``, ``mf``, ``ease``, ``item_knn``) or ``ensemble``, read from
+    its ``manifest.json`` (format, and kind for item-item artifacts); ``SpecError`` if it is none of them."""
+    import json
+
+    from lmrec.storage import filesystem, join, normalize
+
+    fs, path = filesystem(join(normalize(location), "manifest.json"))
+    try:
+        with fs.open_input_stream(path) as f:
+            manifest = json.loads(f.read())
+    except (OSError, ValueError) as e:
+        raise SpecError(f"{location}: no readable manifest.json ({e})") from None
+    fmt = manifest.get("format") if isinstance(manifest, dict) else None
+    if fmt == "lmrec.item_item/1" and manifest.get("kind") in ("ease", "item_knn"):
+        return manifest["kind"]
+    if fmt not in MEMBER_OF_FORMAT:
+        raise SpecError(f"{location}: artifact format {fmt!r} is not one Serve loads "
+                        f"({', '.join([*MEMBER_OF_FORMAT, 'lmrec.item_item/1'])})")
+    return MEMBER_OF_FORMAT[fmt]
+
+
+def artifacts_config(artifacts: list[str], weights: dict[str, float] | None = None,
+                     template: str | Path | dict | None = None, port: int | None = None) -> dict:
+    """A Serve config dict: ``template`` (default: the shipped ``serve/recommender.yaml``) with its first
+    application's members replaced by ``artifacts`` (absolute paths or URIs), weighted by ``weights`` (member
+    name -> weight; members not named get 1.0, so equal weights by default). Deployment overrides of members
+    that are not served are dropped."""
+    import copy
+
+    from lmrec.serving.app import COLLABORATIVE, EnsembleWeights, artifact_arg
+    from lmrec.serving.scorers import MEMBER_DEPLOYMENTS
+
+    weights = dict(weights or {})
+    by_member: dict[str, str] = {}
+    for location in artifacts:
+        member = artifact_member(location)
+        if member in by_member:
+            raise SpecError(f"two {member} artifacts ({by_member[member]}, {location}): one per member")
+        by_member[member] = location if is_uri(location) else str(Path(location).resolve())
+    if "ensemble" in by_member and (len(by_member) > 1 or weights):
+        raise SpecError("an ensemble artifact names its members and weights: give it alone, without --weight")
+    unknown = sorted(set(weights) - set(EnsembleWeights.model_fields))
+    if unknown:
+        raise SpecError(f"--weight {', '.join(unknown)}: members are {', '.join(EnsembleWeights.model_fields)}")
+    absent = sorted(set(weights) - set(by_member))
+    if absent:
+        raise SpecError(f"--weight {', '.join(absent)} but no such --artifact")
+    if "two_tower" not in by_member and "ensemble" not in by_member:
+        raise SpecError("a two-tower artifact is required (the service's item space and text encoder)")
+    if template is None:  # the shipped serve/recommender.yaml (lmrec/specs/serve, as `lmrec specs` lists it)
+        from importlib import resources
+
+        template = Path(str(resources.files("lmrec").joinpath("specs", "serve", "recommender.yaml")))
+    raw = copy.deepcopy(template) if isinstance(template, dict) else load_yaml(template)
+    if port is not None:
+        raw["http_options"] = {**raw.get("http_options", {}), "port": port}
+    app = raw["applications"][0]
+    kept = {k: v for k, v in (app.get("args") or {}).items()
+            if k not in {"weights", "ensemble_artifact", *map(artifact_arg, ("two_tower", *COLLABORATIVE))}}
+    if "ensemble" in by_member:
+        app["args"] = {"ensemble_artifact": by_member["ensemble"], **kept}
+        served = {"TwoTowerScorer", "TextEncoderService", *(d.name for d in MEMBER_DEPLOYMENTS.values())}
+    else:
+        app["args"] = {**{artifact_arg(m): p for m, p in by_member.items()},
+                       "weights": {m: float(weights.get(m, 1.0)) if m in by_member else 0.0
+                                   for m in EnsembleWeights.model_fields}, **kept}
+        served = {"TwoTowerScorer", "TextEncoderService",
+                  *(MEMBER_DEPLOYMENTS[m].name for m in COLLABORATIVE if m in by_member)}
+    member_names = {"TwoTowerScorer", "TextEncoderService", *(d.name for d in MEMBER_DEPLOYMENTS.values())}
+    app["deployments"] = [d for d in app.get("deployments", [])
+                          if d.get("name") not in member_names or d.get("name") in served]
+    return raw
+
+
+def parse_weights(items: list[str]) -> dict[str, float]:
+    """``["mf=0.3", "two_tower=0.7"]`` -> ``{"mf": 0.3, "two_tower": 0.7}``; ``SpecError`` on a bad item."""
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            w = float(value) if sep else None
+        except ValueError:
+            w = None
+        if w is None or not w >= 0 or w == float("inf"):
+            raise SpecError(f"--weight {item!r}: expected name=weight with a finite weight >= 0")
+        out[name.strip()] = w
+    return out
+
+
 def high_throughput_env(state_dir: str | Path, nbthread: int = 1) -> dict[str, str]:
     """Environment for Ray Serve's high-throughput mode on a node (Ray >= 2.56; set it before Ray starts).
 
@@ -119,22 +224,50 @@ def high_throughput_env(state_dir: str | Path, nbthread: int = 1) -> dict[str, s
     }
 
 
-def deploy_config(config, timeout_s: float = 300.0) -> None:
+def deploy_config(config, timeout_s: float = 300.0, env_vars: dict[str, str] | None = None) -> None:
     """Deploy a validated Serve config in the connected Ray cluster and wait until every application runs.
 
     Uses the controller's declarative path (what ``serve run config.yaml`` and ``serve deploy`` do), so the
-    file's per-deployment settings apply exactly as they would on a cluster.
+    file's per-deployment settings apply exactly as they would on a cluster. ``env_vars`` join lmrec
+    applications' ``runtime_env``; default: the bearer token variables of this process
+    (``lmrec.serving.auth.token_env``), or, when it has none, those the running application already has.
     """
     from ray import serve
     from ray.serve.context import _get_global_client
+
+    from lmrec.serving.auth import token_env
 
     # the file's global logging_config reaches the proxy only through serve.start (its per-request access log
     # is a measurable share of a cheap request's CPU on a small machine)
     logging = config.logging_config.model_dump() if config.logging_config is not None else None
     serve.start(http_options=config.http_options.model_dump(), proxy_location=config.proxy_location,
                 logging_config=logging)
-    _get_global_client().deploy_apps(config, _blocking=False)
+    client = _get_global_client()
+    config = config.model_copy(deep=True)  # the caller's config stays as it was
+    running = _running_token_env(client) if env_vars is None else {}
+    for app in config.applications:
+        # a redeploy from a shell without the variables (a hot swap, a promotion) keeps the running app's tokens:
+        # dropping them would disable writes, and a changed runtime_env restarts every replica
+        add = (token_env() or running.get(app.name, {})) if env_vars is None else env_vars
+        if app.import_path in OUR_BUILDERS and add:
+            runtime_env = dict(app.runtime_env or {})
+            runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **add}
+            app.runtime_env = runtime_env
+
+    client.deploy_apps(config, _blocking=False)
     wait_until_running([a.name for a in config.applications], timeout_s)
+
+
+def _running_token_env(client) -> dict[str, dict[str, str]]:
+    """Application name -> the token variables (``lmrec.serving.auth``) of its deployed ``runtime_env``."""
+    from lmrec.serving.auth import VARIABLES
+
+    apps = (client.get_serve_details() or {}).get("applications") or {}
+    out = {}
+    for name, details in apps.items():
+        env = (((details.get("deployed_app_config") or {}).get("runtime_env") or {}).get("env_vars") or {})
+        out[name] = {k: v for k, v in env.items() if k in VARIABLES}
+    return out
 
 
 def wait_until_running(app_names: list[str], timeout_s: float = 300.0) -> None:
@@ -155,15 +288,32 @@ def wait_until_running(app_names: list[str], timeout_s: float = 300.0) -> None:
         time.sleep(0.5)
 
 
-def main_serve(config_path: str, *, address: str | None = None, detach: bool = False,
-               timeout_s: float = 300.0) -> int:
-    """Run ``config_path`` and block until interrupted (``detach``: return once running; needs a Ray cluster
-    that outlives this process, e.g. ``ray start --head`` then ``--address auto``). Returns an exit code."""
+def main_serve(config_path: str | None = None, *, address: str | None = None, detach: bool = False,
+               timeout_s: float = 300.0, artifacts: list[str] | None = None, weights: list[str] | None = None,
+               write_config: str | None = None) -> int:
+    """Run ``config_path`` (or the config ``artifacts_config`` makes of ``artifacts`` and ``weights``) and block
+    until interrupted (``detach``: return once running; needs a Ray cluster that outlives this process, e.g.
+    ``ray start --head`` then ``--address auto``). ``write_config``: write the config there and return without
+    serving. Returns an exit code."""
     import ray
     from ray import serve
 
     try:
-        config = load_serve_config(config_path, resolve_from=Path.cwd())
+        if (config_path is None) == (not artifacts):
+            raise SpecError("give a Serve config file or --artifact (one or more): exactly one of the two")
+        if (weights or write_config) and not artifacts:
+            raise SpecError("--weight and --write-config go with --artifact")
+        source = config_path if config_path is not None else artifacts_config(artifacts, parse_weights(weights or []))
+        config = load_serve_config(source, resolve_from=Path.cwd())
+        if write_config is not None:
+            import yaml
+
+            header = (f"# lmrec serve {write_config}        (on a Ray cluster: serve deploy {write_config})\n"
+                      f"# Written by: lmrec serve {' '.join('--artifact ' + a for a in artifacts)}"
+                      f"{''.join(' --weight ' + w for w in weights or [])}\n")
+            Path(write_config).write_text(header + yaml.safe_dump(source, sort_keys=False))
+            print(f"wrote {write_config}", flush=True)
+            return 0
     except SpecError as e:
         log.error("%s", e)
         return 2

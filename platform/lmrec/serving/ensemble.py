@@ -27,12 +27,14 @@ import pandas as pd
 from ray import serve
 
 from lmrec.serving.api import (
-    AddItemRequest, ColdStartRequest, PredictRequest, RecommendRequest, ServingError, SimilarItemsRequest,
-    build_api,
+    AddItemRequest, ColdStartRequest, PredictRequest, RecommendBatchRequest, RecommendRequest, ServingError,
+    SimilarItemsRequest, build_api,
 )
+from lmrec.serving.auth import Tokens
 from lmrec.serving.autoscaling import METRIC as CPU_METRIC, CpuClock
+from lmrec.serving.metrics import ServiceMetrics
 from lmrec.serving.protocol import SKEW, IdMap
-from lmrec.serving.tables import ScoreTable
+from lmrec.artifacts.tables import ScoreTable
 from lmrec.strategies.fusion import fuse_scores, top_k, zscore  # noqa: F401  (zscore: this module's old name)
 
 TWO_TOWER = "two_tower"
@@ -46,7 +48,8 @@ class EnsembleRouter:
     """
 
     def __init__(self, two_tower, members, encoder, catalog, weights: dict[str, float], liked_threshold: float = 4.0,
-                 explain_items: int = 3, skew_retry_s: float = 15.0, catalog_poll_s: float = 0.5) -> None:
+                 explain_items: int = 3, skew_retry_s: float = 15.0, catalog_poll_s: float = 0.5,
+                 metrics: ServiceMetrics | None = None) -> None:
         if not isinstance(members, dict):
             members = {"mf": members}
         if TWO_TOWER in members:
@@ -64,6 +67,8 @@ class EnsembleRouter:
         self.weights = dict(weights)
         self.liked_threshold, self.explain_items, self.skew_retry_s = liked_threshold, explain_items, skew_retry_s
         self.spaces: dict[str, tuple[IdMap, list]] = {}  # sha256 -> (item ids, item texts)
+        self._lowered: dict[tuple, list[str]] = {}  # (two-tower, text source sha256) -> lower-case texts
+        self.metrics = metrics
         self.aligned: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         self.new_ids: list = []
         self.new_texts: list[str] = []
@@ -82,10 +87,8 @@ class EnsembleRouter:
     async def _space(self, handle, sha: str) -> tuple[IdMap, list]:
         if sha not in self.spaces:
             got_sha, ids = await handle.item_ids.remote()
-            texts = [None] * len(ids)
-            if handle is not self.tt:  # the collaborative members' artifacts carry the item texts
-                _, texts = await handle.item_texts.remote()
-            self.spaces[got_sha] = (IdMap(ids), list(texts))
+            _, texts = await handle.item_texts.remote()  # None: the artifact carries no item texts
+            self.spaces[got_sha] = (IdMap(ids), list(texts) if texts is not None else [None] * len(ids))
             if got_sha != sha:  # swapped between two calls: the newest map is the best guess
                 return self.spaces[got_sha]
         return self.spaces[sha]
@@ -138,15 +141,32 @@ class EnsembleRouter:
             return self.new_texts[idx - len(tt_map)]
         if text_src is None:
             return None
-        m_map, texts = await self._space(self.members[text_src[0]], text_src[1])
+        m_map, texts = await self._space(self._handle(text_src[0]), text_src[1])
         j = m_map.index(tt_map.ids[idx])
         return texts[j] if j is not None and j < len(texts) else None
 
-    async def _text_source(self) -> tuple | None:
-        """(name, sha256) of the first collaborative member (the texts' source), or None without one."""
+    def _handle(self, name: str):
+        return self.tt if name == TWO_TOWER else self.members[name]
+
+    async def _text_source(self) -> tuple:
+        """(name, sha256) of the texts' source: the first collaborative member, else the two-tower (whose
+        artifact may carry the item table's texts too)."""
         for name, handle in self.members.items():
             return name, (await handle.item_ids.remote())[0]
-        return None
+        return TWO_TOWER, (await self.tt.item_ids.remote())[0]
+
+    async def _filter_mask(self, tt_map: IdMap, tt_sha: str, n: int, text_src: tuple, item_filter) -> np.ndarray:
+        """Items of the combined space whose text contains one of ``item_filter.contains_any`` (ignoring case)."""
+        m_map, texts = await self._space(self._handle(text_src[0]), text_src[1])
+        if all(t is None for t in texts) and not self.new_texts:
+            raise ServingError(422, "filter: this service's artifacts carry no item texts to filter on")
+        key = (tt_sha, text_src[1])
+        if key not in self._lowered:  # each artifact item's text in the two-tower's order, lower case, once
+            where = [m_map.index(raw) for raw in tt_map.ids]
+            self._lowered[key] = [texts[j].lower() if j is not None and texts[j] else "" for j in where]
+        lowered = self._lowered[key] + [t.lower() for t in self.new_texts]
+        needles = [s.lower() for s in item_filter.contains_any]
+        return np.fromiter((any(s in t for s in needles) for t in lowered[:n]), dtype=bool, count=n)
 
     def _in_background(self, name: str, fn) -> asyncio.Task:
         """The running task ``name``, or a new one running ``fn()`` (concurrent callers share one look)."""
@@ -270,8 +290,12 @@ class EnsembleRouter:
         members, seen, liked, text_src = await self._in_tt_space(tt_res, results, n)
         if req.exclude_seen:
             mask[np.concatenate(seen)] = False
-        fused = fuse_scores(members, self.weights, mask)
-        top = top_k(fused, req.k)
+        if req.exclude_item_ids:  # ids this service does not know cannot be recommended anyway: not an error
+            known = [raw for raw in req.exclude_item_ids if raw in tt_map or raw in self.new_map]
+            mask[self._combined_index(tt_map, known)] = False
+        if req.filter is not None:
+            mask &= await self._filter_mask(tt_map, tt_res["sha256"], n, text_src, req.filter)
+        fused, top = self._fuse(members, mask, req.k)
         items = await self._items(tt_map, top, fused, members, text_src)
         if req.explain and len(top) and len(liked[0]):
             ex = await self._tt("explain", top, liked[0], self.explain_items)
@@ -299,7 +323,30 @@ class EnsembleRouter:
             if liked[1] is None and res.get("seen_ratings") is not None:
                 liked = _liked(in_tt, res["seen_ratings"], self.liked_threshold)
             text_src = text_src or (name, res["sha256"])
-        return members, seen, liked, text_src
+        return members, seen, liked, text_src or (TWO_TOWER, tt_res["sha256"])
+
+    def _fuse(self, members: dict, mask: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Fused scores and the top ``k`` (timed: the fusion latency histogram)."""
+        start = time.perf_counter()
+        fused = fuse_scores(members, self.weights, mask)
+        top = top_k(fused, k)
+        if self.metrics is not None:
+            self.metrics.fusion((time.perf_counter() - start) * 1e3)
+        return fused, top
+
+    async def recommend_batch(self, req: RecommendBatchRequest) -> dict:
+        """Every user of the batch, in order; a user's own 4xx (unknown user, unknown candidate) is that entry's
+        ``error``, not the batch's."""
+        results = []
+        for one in req.requests:
+            try:
+                results.append(await self.recommend(one))
+            except ServingError as e:
+                if e.status >= 500:
+                    raise
+                results.append({"user_id": one.user_id, "items": [], "versions": {},
+                                "error": {"status": e.status, "detail": e.detail}})
+        return {"results": results}
 
     async def predict(self, req: PredictRequest) -> dict:
         await self._sync_catalog()
@@ -346,6 +393,8 @@ class EnsembleRouter:
         return {"items": items, "versions": {"two_tower": res["sha256"][:12]}}
 
     async def cold_start(self, req: ColdStartRequest) -> dict:
+        if self.metrics is not None:
+            self.metrics.cold_start()
         await self._sync_catalog()
         await self._look_for([r.item_id for r in req.ratings])
         tt_sha = (await self.tt.item_ids.remote())[0]
@@ -375,9 +424,8 @@ class EnsembleRouter:
                 text_src = text_src or (name, res["sha256"])
         mask = np.ones(n, dtype=bool)
         mask[idx[idx < n]] = False
-        fused = fuse_scores(members, self.weights, mask)
-        top = top_k(fused, req.k)
-        items = await self._items(tt_map, top, fused, members, text_src)
+        fused, top = self._fuse(members, mask, req.k)
+        items = await self._items(tt_map, top, fused, members, text_src or (TWO_TOWER, tt_res["sha256"]))
         return {"items": items, "versions": _versions(results)}
 
     async def add_item(self, req: AddItemRequest) -> dict:
@@ -408,7 +456,10 @@ class EnsembleRouter:
 
     async def stats(self) -> dict:
         await self._sync_catalog(force=True)
-        return {"encoder": await self.encoder.stats.remote(), "catalog_items": len(self.new_ids)}
+        out = {"encoder": await self.encoder.stats.remote(), "catalog_items": len(self.new_ids)}
+        if self.metrics is not None:
+            out["metrics"] = self.metrics.snapshot()
+        return out
 
     async def _items(self, tt_map, top, fused, members, text_src) -> list[dict]:
         # per-member lists first: numpy scalar access per item and member was a third of /recommend's time
@@ -458,12 +509,14 @@ class EnsembleIngress:
 
     def __init__(self, two_tower, members, encoder, catalog, weights: dict[str, float],
                  max_body_bytes: int = 65536, liked_threshold: float = 4.0) -> None:
-        self.router = EnsembleRouter(two_tower, members, encoder, catalog, weights, liked_threshold=liked_threshold)
+        self.router = EnsembleRouter(two_tower, members, encoder, catalog, weights, liked_threshold=liked_threshold,
+                                     metrics=ServiceMetrics())
         self.max_body_bytes = max_body_bytes
         self._cpu = CpuClock()
 
     def __serve_build_asgi_app__(self):
-        return build_api(self.router, self.max_body_bytes)
+        # the tokens of this replica's environment (lmrec serve forwards them: lmrec.serving.auth)
+        return build_api(self.router, self.max_body_bytes, tokens=Tokens.from_env())
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve's custom autoscaling metric hook: this replica's CPU use (``lmrec.serving.autoscaling``)."""

@@ -17,7 +17,7 @@ import torch
 from lmrec.models.artifact import sha256_file
 from lmrec.storage import local_artifact
 from lmrec.serving.protocol import IdMap, VersionSkew
-from lmrec.serving.tables import ScoreTable, csr_from_padded
+from lmrec.artifacts.tables import ScoreTable, csr_from_padded
 
 
 def _info(kind: str, root: Path, manifest: dict, name: str, sha: str) -> dict:
@@ -61,7 +61,7 @@ class TwoTowerMember:
         vec = (self.user_interest, self.item_interest) if self.interest_head else (self.user_vec, self.item_vec)
         const = self.item_interest_bias if self.interest_head else self.item_bias
         self.table = ScoreTable(self.sha256, list(art.user_ids), self.item_ids, vec[0], vec[1], const, None,
-                                indptr, seen)
+                                indptr, seen, item_texts=art.item_texts)
 
     # ---- new items (text tower only) ----
     @torch.no_grad()
@@ -174,10 +174,10 @@ class TwoTowerMember:
 
 
 class MFMember:
-    """Biased matrix factorisation over an MF artifact (``mf_artifact.py``)."""
+    """Biased matrix factorisation over an MF artifact (``lmrec.artifacts.mf``)."""
 
     def __init__(self, artifact_dir: str | Path, fold_in_l2: float = 0.1) -> None:
-        from lmrec.serving.mf_artifact import load_mf_artifact
+        from lmrec.artifacts.mf import load_mf_artifact
 
         root = local_artifact(artifact_dir)
         self.art = load_mf_artifact(root)
@@ -222,10 +222,10 @@ class MFMember:
 
 
 class ItemItemMember:
-    """EASE or item-kNN over an item-item artifact (``item_item_artifact.py``): history row times W."""
+    """EASE or item-kNN over an item-item artifact (``lmrec.artifacts.item_item``): history row times W."""
 
     def __init__(self, artifact_dir: str | Path) -> None:
-        from lmrec.serving.item_item_artifact import load_item_item_artifact
+        from lmrec.artifacts.item_item import load_item_item_artifact
 
         root = local_artifact(artifact_dir)
         self.art = load_item_item_artifact(root)

@@ -48,6 +48,10 @@ class _MemberDeployment:
     async def sha256(self) -> str:
         return self.member.sha256
 
+    async def item_texts(self) -> tuple[str, list | None]:
+        """The item texts the artifact carries (in its item order), or None."""
+        return self.member.sha256, self.member.table.item_texts
+
     async def score_table(self):
         """The member's ``ScoreTable`` (the ingress answers ``/recommend`` from it: ``tables.py``)."""
         return self.member.table
@@ -70,25 +74,19 @@ class MFScorer(_MemberDeployment):
 
     member_cls = MFMember
 
-    async def item_texts(self) -> tuple[str, list[str]]:
-        return self.member.sha256, self.member.art.item_texts
-
 
 class _ItemItemDeployment(_MemberDeployment):
     member_cls = ItemItemMember
 
-    async def item_texts(self) -> tuple[str, list[str]]:
-        return self.member.sha256, self.member.art.item_texts
-
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
 class EaseScorer(_ItemItemDeployment):
-    """The EASE member (item-item artifact, ``item_item_artifact.py``)."""
+    """The EASE member (item-item artifact, ``lmrec.artifacts.item_item``)."""
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
 class ItemKNNScorer(_ItemItemDeployment):
-    """The item-kNN member (item-item artifact, ``item_item_artifact.py``)."""
+    """The item-kNN member (item-item artifact, ``lmrec.artifacts.item_item``)."""
 
 
 # The collaborative members by name (the ``<name>_artifact`` / ``weights.<name>`` of ``ServeAppArgs``), in the order

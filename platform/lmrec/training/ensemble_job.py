@@ -92,13 +92,13 @@ def load_member(member: str, location: str):
         art = load_artifact(root)
         return art.recommender, sha256_file(root / "manifest.json"), art.manifest, art.user_ids, art.item_ids
     if member in ("ease", "item_knn"):
-        from lmrec.serving.item_item_artifact import load_item_item_artifact
+        from lmrec.artifacts.item_item import load_item_item_artifact
 
         art = load_item_item_artifact(root)
         if art.kind != member:
             raise ArtifactError(f"members.{member}: {location} is an item-item artifact of kind {art.kind}")
         return art.recommender, art.sha256, art.manifest, art.user_ids, art.item_ids
-    from lmrec.serving.mf_artifact import load_mf_artifact
+    from lmrec.artifacts.mf import load_mf_artifact
 
     art = load_mf_artifact(root)
     return art.recommender, art.sha256, art.manifest, art.user_ids, art.item_ids

@@ -10,6 +10,12 @@ a local one, shards the training interactions as a Ray Dataset and runs ``lmrec.
 the same spec again resumes from the latest one (``resume=False`` starts a fresh, timestamped run), and
 ``FailureConfig(max_failures)`` restarts a crashed worker group from it. Rank 0 writes the serving artifact to
 ``<storage_path>/<name>/artifact``.
+
+A resume continues only a run of the same identity (``lmrec.training.fingerprint``: the spec fields that define
+model and data, and the data files' content), recorded in ``<run>/lmrec_run.json``; another identity stops before
+the cluster is touched. At the end the selected (best-on-validation) weights are scored once on the test part;
+``<run>/lmrec_metrics.json`` holds the validation and test metrics and the per-epoch history. ``lmrec train``
+shows one progress bar (``lmrec.training.progress``) and writes TensorBoard event files to ``<run>/tensorboard``.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from pydantic import Field, ValidationError
 
 from lmrec.config.base import SpecError, StrictModel, load_spec
 from lmrec.config.train import TrainSpec
-from lmrec.storage import StorageError, exists, is_uri, join, normalize
+from lmrec.storage import StorageError, exists, filesystem, is_uri, join, normalize, read_text, write_text
+from lmrec.training.fingerprint import RUN_FILE, RunIdentity, check_resume, run_identity, spec_data_files
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +45,7 @@ DEFAULT_STORAGE = "~/ray_results"
 # What a worker needs from the driver's environment (Ray workers inherit the raylet's, not the driver's).
 PASSED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "TORCH_EXTENSIONS_DIR", "LMREC_DATA_DIR",
               "LMREC_CACHE_DIR")
+METRICS_FILE = "lmrec_metrics.json"
 
 
 class FaultInjection(StrictModel):
@@ -69,6 +77,8 @@ class TrainResult:
     best_checkpoint_path: str | None = None
     artifact_path: str | None = None
     seconds: float = 0.0
+    test_metrics: dict = field(default_factory=dict)  # the exported epoch on the test part (never used to select)
+    fingerprint: str = ""  # the run identity's digest (lmrec.training.fingerprint)
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -145,6 +155,25 @@ def run_location(spec: TrainSpec, resume: bool) -> tuple[str, str]:
     return storage, name
 
 
+def _has_checkpoints(run_path: str) -> bool:
+    import pyarrow.fs
+
+    fs, path = filesystem(run_path)
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    return any(Path(i.path).name.startswith("epoch_") for i in infos)
+
+
+def claim_run(spec: TrainSpec, data, run_path: str, name: str, from_spec: bool) -> RunIdentity:
+    """The run's identity, checked against the one recorded in ``run_path`` (a resume of another identity raises
+    ``IdentityMismatch``), then recorded there. ``from_spec``: ``data`` was prepared from ``spec.data``'s files."""
+    identity = run_identity(spec.model_dump(mode="json"), spec_data_files(spec.data) if from_spec else (),
+                            data.fingerprint)
+    record = join(run_path, RUN_FILE)
+    check_resume(read_text(record), _has_checkpoints(run_path), identity, run_path, name)
+    write_text(record, identity.to_json())
+    return identity
+
+
 def connect_ray() -> None:
     """Join the cluster named by ``RAY_ADDRESS`` (set inside Ray Jobs), else a running local one, else start one."""
     import ray
@@ -180,9 +209,33 @@ class TrainRun:
     mode: str
     has_valid: bool
     started: float
+    spec: TrainSpec
+    identity: RunIdentity
+    queue: object = None  # ray.util.queue.Queue fed by progress.EpochFeed (lmrec train's progress), or None
+    mlflow_uri: str | None = None
+
+    def _fit(self):
+        if self.queue is None:
+            return self.trainer.fit()
+        from lmrec.training.fingerprint import spec_fields
+        from lmrec.training.progress import RunTracker
+
+        tracker = RunTracker(self.name, self.run_path, self.spec.optim.epochs,
+                             spec_fields(self.spec.model_dump(mode="json")), experiment=self.spec.name,
+                             mlflow_tracking_uri=self.mlflow_uri)
+        ok = False
+        try:
+            result = tracker.follow(self.trainer.fit, self.queue)
+            summary = result.return_value or {}
+            tracker.finish(summary.get("best_metrics", {}), summary.get("test_metrics", {}))
+            ok = True
+            return result
+        finally:
+            tracker.close(ok)
+            self.queue.shutdown()
 
     def fit(self) -> TrainResult:
-        result = self.trainer.fit()
+        result = self._fit()
         summary = result.return_value or {}
         best_ckpt = result.get_best_checkpoint(self.metric, self.mode) if self.has_valid else None
         out = TrainResult(
@@ -195,21 +248,29 @@ class TrainRun:
             best_checkpoint_path=best_ckpt.path if best_ckpt else None,
             artifact_path=summary.get("artifact_path"),
             seconds=time.perf_counter() - self.started,
+            test_metrics=summary.get("test_metrics", {}),
+            fingerprint=self.identity.digest,
         )
-        log.info("run %r finished in %.0f s: %s; artifact %s", self.name, out.seconds,
+        write_text(join(self.run_path, METRICS_FILE), json.dumps(
+            {"name": out.name, "fingerprint": out.fingerprint, "best": out.best_metrics, "test": out.test_metrics,
+             "artifact": out.artifact_path, "history": out.history}, indent=1, default=float))
+        log.info("run %r finished in %.0f s: %s; test %s; artifact %s", self.name, out.seconds,
                  " ".join(f"{k}={v:.4f}" for k, v in out.best_metrics.items() if k.startswith("val_")),
-                 out.artifact_path)
+                 " ".join(f"{k}={v:.4f}" for k, v in out.test_metrics.items() if k.endswith("@10") or
+                          k in ("test_rmse", "test_mae")), out.artifact_path)
         return out
 
 
 def build_trainer(spec: TrainSpec, *, spec_path: str | Path | None = None, resume: bool = True,
-                  callbacks: list | None = None, data=None, init_state: dict | None = None) -> TrainRun:
+                  callbacks: list | None = None, data=None, init_state: dict | None = None,
+                  progress: bool = False) -> TrainRun:
     """Check and prepare everything, then build the ``TorchTrainer`` for ``spec`` (not started).
 
     ``lmrec train`` fits it directly; a Ray Tune trial (``lmrec.tuning``) builds the same trainer with a
     ``TuneReportCallback`` in ``callbacks`` so every epoch's report reaches the trial. An incremental
-    fine-tune (``lmrec.training.incremental``) passes its own ``data`` (a ``PreparedData``) and the starting
-    weights ``init_state`` (a state dict) instead of the spec's split and fresh weights.
+    fine-tune (``lmrec.pipelines.incremental``) passes its own ``data`` (a ``PreparedData``) and the starting
+    weights ``init_state`` (a state dict) instead of the spec's split and fresh weights. ``progress``: the driver
+    shows per-epoch progress and writes TensorBoard / MLflow records while ``fit`` runs (``lmrec train``).
     """
     import ray
     import ray.data
@@ -224,8 +285,13 @@ def build_trainer(spec: TrainSpec, *, spec_path: str | Path | None = None, resum
     storage, name = run_location(spec, resume)
     run_path = join(storage, name)
     fault = fault_from_env(run_path)
+    if progress:
+        from lmrec.training.progress import mlflow_uri
 
+        tracking_uri = mlflow_uri()  # set but mlflow missing: an error now, not after training
+    from_spec = data is None
     data = prepare_data(spec) if data is None else data
+    identity = claim_run(spec, data, run_path, name, from_spec)
     frame = data.train_frame()
     # Shuffle once here: source files are often sorted by user, and workers only shuffle within a local buffer.
     frame = frame.iloc[np.random.default_rng(spec.seed).permutation(len(frame))].reset_index(drop=True)
@@ -233,6 +299,14 @@ def build_trainer(spec: TrainSpec, *, spec_path: str | Path | None = None, resum
              data.n_users, data.n_items, len(frame), 0 if data.valid is None else len(data.valid), data.fingerprint)
 
     connect_ray()
+    queue = None
+    if progress:
+        from ray.util.queue import Queue
+
+        from lmrec.training.progress import EpochFeed
+
+        queue = Queue(actor_options={"num_cpus": 0})
+        callbacks = [*(callbacks or []), EpochFeed(queue)]
     scaling = spec.scaling
     use_gpu = bool(ray.cluster_resources().get("GPU", 0)) if scaling.use_gpu == "auto" else scaling.use_gpu
     if scaling.engine == "auto" and use_gpu and ds_config is None:
@@ -247,6 +321,7 @@ def build_trainer(spec: TrainSpec, *, spec_path: str | Path | None = None, resum
         "shuffle_buffer": min(rows_per_worker, 4 * spec.optim.batch_size),
         "fault": fault,
         "init_state_ref": ray.put(init_state) if init_state is not None else None,
+        "run_fingerprint": identity.digest,
     }
     metric = spec.early_stopping.metric
     trainer = TorchTrainer(
@@ -272,13 +347,15 @@ def build_trainer(spec: TrainSpec, *, spec_path: str | Path | None = None, resum
     )
     log.info("training %r on %d worker(s) (gpu=%s, engine=%s), run folder %s", name, scaling.num_workers, use_gpu,
              scaling.engine, run_path)
-    return TrainRun(trainer, name, run_path, metric, spec.early_stopping.mode, has_valid, started)
+    return TrainRun(trainer, name, run_path, metric, spec.early_stopping.mode, has_valid, started, spec, identity,
+                    queue, tracking_uri if progress else None)
 
 
 def train(spec: TrainSpec, *, spec_path: str | Path | None = None, resume: bool = True, data=None,
-          init_state: dict | None = None) -> TrainResult:
+          init_state: dict | None = None, progress: bool = False) -> TrainResult:
     """Run ``spec`` on Ray Train (see the module docstring) and return metrics, checkpoint and artifact paths."""
-    return build_trainer(spec, spec_path=spec_path, resume=resume, data=data, init_state=init_state).fit()
+    return build_trainer(spec, spec_path=spec_path, resume=resume, data=data, init_state=init_state,
+                         progress=progress).fit()
 
 
 def main_train(spec_path: str, overrides: dict | None = None, resume: bool = True) -> int:
@@ -297,7 +374,7 @@ def main_train(spec_path: str, overrides: dict | None = None, resume: bool = Tru
     from ray.train import TrainingFailedError
 
     try:
-        result = train(spec, spec_path=spec_path, resume=resume)
+        result = train(spec, spec_path=spec_path, resume=resume, progress=True)
     except (SpecError, DataError) as e:  # raised before the trainer starts (data, DeepSpeed JSON, fault env)
         print(f"lmrec train: error: {e}", file=sys.stderr)
         return 2
@@ -305,7 +382,8 @@ def main_train(spec_path: str, overrides: dict | None = None, resume: bool = Tru
         print(f"lmrec train: error: training failed: {e}", file=sys.stderr)
         return 1
     print(json.dumps({"name": result.name, "run_path": result.run_path, "artifact": result.artifact_path,
-                      "checkpoint": result.checkpoint_path, "best": result.best_metrics,
-                      "epochs": len(result.history), "seconds": round(result.seconds, 1)}, default=float))
+                      "checkpoint": result.checkpoint_path, "best": result.best_metrics, "test": result.test_metrics,
+                      "fingerprint": result.fingerprint, "epochs": len(result.history),
+                      "seconds": round(result.seconds, 1)}, default=float))
     return 0
 

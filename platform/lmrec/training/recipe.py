@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lmrec.config.train import TrainSpec
-from lmrec.evaluation.evaluate import validation_metrics
+from lmrec.evaluation.evaluate import test_metrics, validation_metrics
 from lmrec.models.encoder import build_encoder, load_tokenizer
 from lmrec.models.tasks import ClickTask, MultiTaskObjective, RatingTask, RelatedTask, StepContext
 from lmrec.models.two_tower import TwoTowerModel, TwoTowerRecommender
@@ -353,6 +353,17 @@ class TwoTowerRecipe:
         out.update(self._observe(out))
         return out
 
+    def test(self) -> dict[str, float]:
+        """Test-split metrics (``test_`` keys) of the current weights, computed as the artifact will score: call once,
+        at the end, on the selected epoch. Every rank calls it (ZeRO-3 gathers collectively); results are equal."""
+        test = self.data.test
+        if test is None or not len(test):
+            return {}
+        if not self._cache_fresh:  # as export_artifact does: the served item vectors come from the final encoder
+            self._refresh_text(encoder_moved=True)
+        return test_metrics(self.as_recommender(), self.data.known(), self.data.valid, test, self.data.n_items,
+                            ratings=self.objective.task("rating") is not None, cold_items=self.data.cold_items)
+
     def _observe(self, metrics: dict[str, float]) -> dict[str, float]:
         es = self.spec.early_stopping
         value = metrics.get(es.metric)
@@ -404,4 +415,5 @@ class TwoTowerRecipe:
                 metrics=metrics or (self.history[-1] if self.history else {}),
                 data_cutoff=self.data.trained_until(),
                 lineage={**self.data.lineage, "engine": {"name": self.engine_name, "reason": self.engine_reason}},
+                item_texts=list(self.data.item_texts),  # responses show them; metadata filters match them
             ))

@@ -31,6 +31,7 @@ from ray.train import Checkpoint, CheckpointConsistencyMode
 
 from lmrec.config.train import TrainSpec
 from lmrec.training.checkpoint_manifest import CheckpointIntegrityError, verify_checkpoint, write_manifest
+from lmrec.training.fingerprint import CHECKPOINT_FILE, IdentityMismatch
 from lmrec.training.recipe import TwoTowerRecipe
 
 log = logging.getLogger(__name__)
@@ -97,11 +98,14 @@ def _arm_checkpoint_fault(fault: dict | None, epoch: int, rank: int) -> threadin
 
 
 def _save_sealed(recipe: TwoTowerRecipe, directory: str, history: list[dict], fault: dict | None, epoch: int,
-                 rank: int, world_size: int) -> None:
+                 rank: int, world_size: int, run_fingerprint: str | None = None) -> None:
     """Every rank's checkpoint files, then (last) its manifest of their sha256s (``checkpoint_manifest``)."""
     recipe.save_checkpoint(directory)
     if rank == 0:
         (Path(directory) / HISTORY_FILE).write_text(json.dumps(history), encoding="utf-8")
+        if run_fingerprint:
+            (Path(directory) / CHECKPOINT_FILE).write_text(json.dumps({"fingerprint": run_fingerprint}),
+                                                           encoding="utf-8")
     if _armed(fault, "checkpoint", epoch, rank) and fault["delay_s"] == 0:
         # as in _with_fault: the previous epoch's checkpoint is committed first, so the resume point is certain
         ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
@@ -111,11 +115,24 @@ def _save_sealed(recipe: TwoTowerRecipe, directory: str, history: list[dict], fa
     write_manifest(directory, rank, writers)
 
 
-def _resume(recipe: TwoTowerRecipe, rank: int) -> tuple[int, list[dict]]:
+def _check_identity(directory: str, checkpoint_path: str, run_fingerprint: str | None) -> None:
+    """Refuse a checkpoint of another run identity (``lmrec.training.fingerprint``); the driver checked the run
+    folder's record already, so this only fires when a checkpoint was copied or the record altered."""
+    if not run_fingerprint:
+        return
+    path = Path(directory) / CHECKPOINT_FILE
+    found = json.loads(path.read_text(encoding="utf-8")).get("fingerprint") if path.exists() else None
+    if found != run_fingerprint:
+        raise IdentityMismatch(f"checkpoint {checkpoint_path} was trained on another spec or other data (run "
+                               f"fingerprint {found} != {run_fingerprint}): start a fresh run (--no-resume)")
+
+
+def _resume(recipe: TwoTowerRecipe, rank: int, run_fingerprint: str | None = None) -> tuple[int, list[dict]]:
     """Load the newest checkpoint that verifies: Ray's latest first, then older reported ones; else start fresh.
 
     A checkpoint whose manifest is missing or whose files do not hash to it is skipped with a warning: it is
-    never loaded. Every rank verifies the same shared folders, so all ranks pick the same checkpoint.
+    never loaded. Every rank verifies the same shared folders, so all ranks pick the same checkpoint. One of
+    another run identity is an error, never skipped for an older one.
     """
     latest = ray.train.get_checkpoint()
     if latest is None:
@@ -133,6 +150,7 @@ def _resume(recipe: TwoTowerRecipe, rank: int) -> tuple[int, list[dict]]:
             except CheckpointIntegrityError as e:
                 log.warning("rank %d skips checkpoint %s: %s", rank, checkpoint.path, e)
                 continue
+            _check_identity(directory, checkpoint.path, run_fingerprint)
             start_epoch = recipe.load_checkpoint(directory)
             history_path = Path(directory) / HISTORY_FILE
             history = json.loads(history_path.read_text(encoding="utf-8")) if history_path.exists() else []
@@ -232,7 +250,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
         recipe = TwoTowerRecipe(spec, data, device=ray.train.torch.get_device(), world_size=world_size, rank=rank,
                                 init_state=ray.get(init_ref) if init_ref is not None else None)
 
-    start_epoch, history = _resume(recipe, rank)
+    start_epoch, history = _resume(recipe, rank, config.get("run_fingerprint"))
     taken = _registered_names()
 
     shard = ray.train.get_dataset_shard("train")
@@ -261,7 +279,8 @@ def train_loop_per_worker(config: dict) -> dict | None:
                      int(val_metrics.get("best_epoch", -1)) + 1, " [resumed run]" if start_epoch else "")
         with tempfile.TemporaryDirectory(prefix="lmrec-ckpt-") as tmp:
             _arm_checkpoint_fault(config.get("fault"), epoch, rank)
-            _save_sealed(recipe, tmp, history, config.get("fault"), epoch, rank, world_size)
+            _save_sealed(recipe, tmp, history, config.get("fault"), epoch, rank, world_size,
+                         config.get("run_fingerprint"))
             ray.train.report(
                 last,
                 checkpoint=Checkpoint.from_directory(tmp) if os.listdir(tmp) else None,
@@ -275,9 +294,14 @@ def train_loop_per_worker(config: dict) -> dict | None:
         if restored is not None:
             export_metrics = restored
             log.info("rank %d restored the best epoch (%d) before export", rank, best_epoch + 1)
-    artifact = _export(recipe, config["artifact_path"], export_metrics, rank)
+    # the test part, once, on the selected weights (never reported to Ray: nothing may select on it)
+    test = recipe.test() if history else {}
+    if rank == 0 and test:
+        log.info("test (epoch %d): %s", int(export_metrics.get("epoch", -1)) + 1,
+                 " ".join(f"{k}={v:.4f}" for k, v in test.items() if not k.endswith(("_n", "_users"))))
+    artifact = _export(recipe, config["artifact_path"], {**export_metrics, **test}, rank)
     if rank != 0:
         return None
     log.info("artifact written to %s", artifact)
     return {"artifact_path": artifact, "history": history, "best_epoch": best_epoch,
-            "best_metrics": export_metrics, "start_epoch": start_epoch}
+            "best_metrics": export_metrics, "test_metrics": test, "start_epoch": start_epoch}

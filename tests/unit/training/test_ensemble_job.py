@@ -153,7 +153,7 @@ def test_members_and_output_may_be_storage_uris(serving_artifacts, tmp_path, mon
 
 def test_mf_member_view_gives_the_numbers_of_the_model_it_was_exported_from(serving_artifacts):
     from lmrec.models.baselines import BiasedMF
-    from lmrec.serving.mf_artifact import load_mf_artifact
+    from lmrec.artifacts.mf import load_mf_artifact
 
     data = serving_artifacts["data"]
     params = load_mf_artifact(serving_artifacts["mf"]).manifest["params"]

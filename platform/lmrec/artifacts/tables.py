@@ -16,7 +16,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lmrec.serving.protocol import IdMap
+
+class IdMap:
+    """Raw id <-> contiguous index. Accepts ints and their string spelling alike (JSON clients send either)."""
+
+    def __init__(self, ids: list) -> None:
+        self.ids = list(ids)
+        self._index = {self._key(v): i for i, v in enumerate(self.ids)}
+
+    @staticmethod
+    def _key(raw) -> str:
+        return str(raw)
+
+    def index(self, raw) -> int | None:
+        return self._index.get(self._key(raw))
+
+    def __contains__(self, raw) -> bool:
+        return self._key(raw) in self._index
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 @dataclass

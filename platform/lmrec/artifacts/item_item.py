@@ -29,7 +29,7 @@ import scipy.sparse as sp
 from safetensors.numpy import load_file, save_file
 
 from lmrec.models.artifact import ArtifactError, sha256_file, verify_artifact, write_member_manifest
-from lmrec.serving.tables import ItemItemTable
+from lmrec.artifacts.tables import ItemItemTable
 
 ITEM_ITEM_FORMAT = "lmrec.item_item/1"
 KINDS = ("ease", "item_knn")
@@ -158,11 +158,8 @@ def save_item_item_artifact(directory: str | Path, model, train: pd.DataFrame, *
     root.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(root / "item_item.safetensors"))
     write_member_manifest(root, ITEM_ITEM_FORMAT, user_ids=user_ids, item_ids=item_ids, item_texts=item_texts,
-                          n_items=n_items, fields={
-                              "kind": kind, "name": name or kind, "binary": bool(getattr(model, "binary", True)),
-                              "params": params or {}, "dataset_fingerprint": fingerprint,
-                              "metrics": {k: float(v) for k, v in (metrics or {}).items()
-                                          if isinstance(v, (int, float))}})
+                          n_items=n_items, metrics=metrics, params=params, fingerprint=fingerprint, fields={
+                              "kind": kind, "name": name or kind, "binary": bool(getattr(model, "binary", True))})
     return root
 
 

@@ -132,10 +132,8 @@ def save_mf_artifact(
     }
     save_file(tensors, str(root / "mf.safetensors"))
     write_member_manifest(root, MF_FORMAT, user_ids=user_ids, item_ids=item_ids, item_texts=item_texts,
-                          n_items=n_items, fields={
-                              "name": name, "params": params or {}, "dataset_fingerprint": fingerprint,
-                              "metrics": {k: float(v) for k, v in (metrics or {}).items()
-                                          if isinstance(v, (int, float))}})
+                          n_items=n_items, metrics=metrics, params=params, fingerprint=fingerprint,
+                          fields={"name": name})
     return root
 
 
