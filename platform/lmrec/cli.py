@@ -120,7 +120,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from lmrec.serving.cli import main_serve
 
     return main_serve(args.config, address=args.address, detach=args.detach, artifacts=args.artifact,
-                      weights=args.weight, write_config=args.write_config)
+                      weights=args.weight, write_config=args.write_config, port=args.port)
 
 
 def _cmd_specs_list(args: argparse.Namespace) -> int:
@@ -252,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--weight", action="append", metavar="NAME=W", help="fusion weight of a member "
                     "(two_tower, mf, ease, item_knn; default equal weights)")
     sv.add_argument("--write-config", metavar="FILE", help="write the Serve config of the --artifact set and exit")
+    sv.add_argument("--port", type=int, default=None, help="HTTP port (default: the config's, 8000)")
     sv.add_argument("--address", default=None, help="join a running Ray cluster (e.g. auto)")
     sv.add_argument("--detach", action="store_true", help="return once running (needs an outside Ray cluster)")
     sv.set_defaults(func=_cmd_serve)

@@ -290,11 +290,11 @@ def wait_until_running(app_names: list[str], timeout_s: float = 300.0) -> None:
 
 def main_serve(config_path: str | None = None, *, address: str | None = None, detach: bool = False,
                timeout_s: float = 300.0, artifacts: list[str] | None = None, weights: list[str] | None = None,
-               write_config: str | None = None) -> int:
+               write_config: str | None = None, port: int | None = None) -> int:
     """Run ``config_path`` (or the config ``artifacts_config`` makes of ``artifacts`` and ``weights``) and block
     until interrupted (``detach``: return once running; needs a Ray cluster that outlives this process, e.g.
     ``ray start --head`` then ``--address auto``). ``write_config``: write the config there and return without
-    serving. Returns an exit code."""
+    serving. ``port``: the HTTP port instead of the config's. Returns an exit code."""
     import ray
     from ray import serve
 
@@ -303,7 +303,15 @@ def main_serve(config_path: str | None = None, *, address: str | None = None, de
             raise SpecError("give a Serve config file or --artifact (one or more): exactly one of the two")
         if (weights or write_config) and not artifacts:
             raise SpecError("--weight and --write-config go with --artifact")
-        source = config_path if config_path is not None else artifacts_config(artifacts, parse_weights(weights or []))
+        if config_path is not None:
+            source = config_path
+            if port is not None:
+                from lmrec.config.base import load_yaml
+
+                source = load_yaml(config_path)
+                source["http_options"] = {**source.get("http_options", {}), "port": port}
+        else:
+            source = artifacts_config(artifacts, parse_weights(weights or []), port=port)
         config = load_serve_config(source, resolve_from=Path.cwd())
         if write_config is not None:
             import yaml
