@@ -34,10 +34,17 @@ class EpochFeed(UserCallback):
 
     def __init__(self, queue) -> None:
         self.queue = queue
+        self.lost = False
 
     def after_report(self, run_context, metrics, checkpoint):
-        if metrics:
-            self.queue.put(dict(metrics[0]))
+        if not metrics or self.lost:
+            return
+        try:
+            self.queue.put(dict(metrics[0]), timeout=10)
+        except Exception as e:  # the queue's node is gone: progress stops, training goes on
+            self.lost = True
+            log.warning("progress feed stopped (%s): training continues; metrics stay in the run folder",
+                        type(e).__name__)
 
 
 def mlflow_uri() -> str | None:
@@ -159,11 +166,18 @@ class RunTracker:
         stop = threading.Event()
 
         def feed():
-            while not stop.is_set() or not queue.empty():
+            from ray.exceptions import RayError
+
+            while True:
                 try:
+                    if stop.is_set() and queue.empty():
+                        return
                     self.epoch(queue.get(timeout=0.5))
                 except Empty:
                     continue
+                except RayError as e:  # the queue actor is lost (its node died): stop following, once
+                    log.warning("progress display stopped (%s); the run goes on", type(e).__name__)
+                    return
                 except Exception as e:  # a display problem never fails the run
                     log.warning("progress: %s", e)
 

@@ -302,10 +302,13 @@ def build_trainer(spec: TrainSpec, *, spec_path: str | Path | None = None, resum
     queue = None
     if progress:
         from ray.util.queue import Queue
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from lmrec.training.progress import EpochFeed
 
-        queue = Queue(actor_options={"num_cpus": 0})
+        # on the driver's node: a worker node lost mid-run (and restarted by Train) must not take the feed with it
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
         callbacks = [*(callbacks or []), EpochFeed(queue)]
     scaling = spec.scaling
     use_gpu = bool(ray.cluster_resources().get("GPU", 0)) if scaling.use_gpu == "auto" else scaling.use_gpu
