@@ -134,7 +134,7 @@ def test_readme_own_data_quickstart(tmp_path, ray_address):
             try:
                 if requests.get(url + "/health", timeout=5).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or the proxy holds it while apps deploy
                 pass
             time.sleep(1)
         token = re.search(r"^token=([0-9a-f]{32})$", (tmp_path / "serve.log").read_text(), flags=re.M).group(1)
