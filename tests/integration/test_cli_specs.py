@@ -143,7 +143,8 @@ def test_every_path_a_shipped_spec_names_is_shipped(monkeypatch):
 
     monkeypatch.chdir(specs_root())
     for spec in shipped_specs():
-        assert missing_references(spec.path, spec.kind) == [], spec.name
+        missing = [r for r in missing_references(spec.path, spec.kind) if not r.key.startswith("data.source.")]
+        assert missing == [], spec.name  # data.source names the user's own files: never shipped
 
 
 @pytest.mark.slow

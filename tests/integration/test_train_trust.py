@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 SPEC = str(REPO / "tests" / "configs" / "tiny_two_tower.yaml")
 RANKING = ("test_hr@10", "test_ndcg@10", "test_recall@10", "test_mrr@10")
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # two real `lmrec train` pairs: minutes (make test-heavy)
 
 
 def lmrec_train(capsys, overrides: dict) -> tuple[int, dict | None, str]:

@@ -91,7 +91,7 @@ def test_two_tower_artifact_texts_are_shown_and_filtered(guarded, serving_artifa
     assert len(items) == min(20, comedies) and all("comedy" in i["text"].lower() for i in items)
 
 
-def test_without_a_write_token_writes_are_refused_and_filters_need_texts(serving_artifacts, on_loopback):
+def test_without_a_write_token_writes_are_refused_and_reads_show_the_trained_texts(serving_artifacts, on_loopback):
     from lmrec.serving.app import build_bare_app
 
     app = build_bare_app({"two_tower_artifact": str(serving_artifacts["v1"])}, tokens=Tokens())
@@ -100,7 +100,9 @@ def test_without_a_write_token_writes_are_refused_and_filters_need_texts(serving
         assert r.status_code == 403 and "LMREC_WRITE_TOKEN" in r.json()["detail"]
         user = int(serving_artifacts["data"].user_ids[0])
         r = requests.post(url + "/recommend", json={"user_id": user, "k": 3}, timeout=30)
-        assert r.status_code == 200 and all(i["text"] is None for i in r.json()["items"])  # no texts, reads open
-        body = {"user_id": user, "filter": {"contains_any": ["Comedy"]}}
+        # reads are open; a two-tower-only service shows the item texts its trainer wrote into the artifact
+        assert r.status_code == 200 and all(i["text"] for i in r.json()["items"]), r.json()
+        body = {"user_id": user, "k": 5, "filter": {"contains_any": ["Comedy"]}}
         r = requests.post(url + "/recommend", json=body, timeout=30)
-        assert r.status_code == 422 and "no item texts" in r.json()["detail"]
+        assert r.status_code == 200 and r.json()["items"], r.text
+        assert all("comedy" in i["text"].lower() for i in r.json()["items"])
