@@ -604,12 +604,18 @@ def fuzz_bare_app(args) -> dict:
     from fastapi.testclient import TestClient
 
     from lmrec.serving.app import build_bare_app
+    from lmrec.serving.auth import Tokens
     from serve_load import build_artifacts
 
     arts = build_artifacts(args.encoder)
-    app = build_bare_app({"two_tower_artifact": str(arts["two_tower"]), "mf_artifact": str(arts["mf"])})
+    # a write and a read token configured; requests go out with no token, a wrong one, the read one, the write one
+    write, read = "fuzz-write-token", "fuzz-read-token"
+    app = build_bare_app({"two_tower_artifact": str(arts["two_tower"]), "mf_artifact": str(arts["mf"])},
+                         tokens=Tokens.of(write=write, read=read))
+    turns = [None, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {read}"},
+             {"Authorization": f"Bearer {write}"}]
     start = time.perf_counter()
-    result = fuzz_schema(schemathesis.openapi.from_asgi("/openapi.json", app), args.fuzz_examples)
+    result = fuzz_schema(schemathesis.openapi.from_asgi("/openapi.json", app), args.fuzz_examples, headers=turns)
     with TestClient(app) as client:
         health = client.get("/health").status_code
     return result | {"target": f"build_bare_app in-process ({args.encoder} artifacts)", "health_after": health,
