@@ -10,7 +10,7 @@ import pytest
 from lmrec.models.artifact import ArtifactError
 from lmrec.serving.ensemble import fuse_scores, top_k, zscore
 from lmrec.serving.members import MFMember
-from lmrec.serving.protocol import IdMap
+from lmrec.artifacts.tables import IdMap
 
 
 def test_zscore_ignores_masked_and_missing_entries():

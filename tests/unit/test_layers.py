@@ -14,7 +14,6 @@ import ast
 import shutil
 from pathlib import Path
 
-import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "platform" / "lmrec"
 

@@ -33,7 +33,8 @@ from lmrec.serving.api import (
 from lmrec.serving.auth import Tokens
 from lmrec.serving.autoscaling import METRIC as CPU_METRIC, CpuClock
 from lmrec.serving.metrics import ServiceMetrics
-from lmrec.serving.protocol import SKEW, IdMap
+from lmrec.artifacts.tables import IdMap
+from lmrec.serving.protocol import SKEW
 from lmrec.artifacts.tables import ScoreTable
 from lmrec.strategies.fusion import fuse_scores, top_k, zscore  # noqa: F401  (zscore: this module's old name)
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmrec.artifacts.tables import IdMap, ScoreTable, csr_from_padded
 from lmrec.models.artifact import sha256_file
+from lmrec.serving.protocol import VersionSkew
 from lmrec.storage import local_artifact
-from lmrec.serving.protocol import IdMap, VersionSkew
-from lmrec.artifacts.tables import ScoreTable, csr_from_padded
 
 
 def _info(kind: str, root: Path, manifest: dict, name: str, sha: str) -> dict:

@@ -1,9 +1,7 @@
 """What crosses the wire between the ingress and the members, kept free of torch so the ingress and catalog
-replicas start without importing it: raw-id maps and the version-skew signal."""
+replicas start without importing it: the version-skew signal (raw-id maps: ``lmrec.artifacts.tables.IdMap``)."""
 
 from __future__ import annotations
-
-from lmrec.artifacts.tables import IdMap  # noqa: F401  (re-exported: members and the router use it)
 
 
 class VersionSkew(RuntimeError):
