@@ -16,7 +16,11 @@ split. Scenarios, each bounded in time and request count:
   at fixed replica counts (``SWEEP_REPLICAS``), so no replica start lands inside a window;
 - autoscaling: Serve only, on the autoscaling config, a load step from quiet traffic (open loop at 5% of the bare
   app's closed-loop throughput) to 16 closed-loop clients and back; replica counts sampled every second, with a
-  short ``downscale_delay_s`` so the scale-down shows within the run.
+  short ``downscale_delay_s`` so the scale-down shows within the run;
+- the README's command: ``lmrec serve serve/recommender.yaml`` run as a user runs it (a subprocess in a folder
+  holding a copy of the committed file and, at the paths it names, the benchmark's artifacts; no Ray running, so
+  it starts its own), closed loop at 1/4/16 clients, then the rate sweep with the bare app and it taking turns.
+  ``summary.readme_serve_vs_bare`` = its highest sustained rate / the bare app's in that sweep.
 Serve runs in its high-throughput mode by default (``--serve-mode``: HAProxy in front of the ingress replicas;
 ``lmrec.serving.cli.high_throughput_env``). The machine is shared: ``os.getloadavg()`` is recorded at start and
 end; compare bare and Serve within one run.
@@ -29,6 +33,9 @@ import asyncio
 import json
 import os
 import random
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -308,13 +315,75 @@ def autoscaling_step(base: str, user_ids: list, item_ids: list, app: str, low_rp
             "scaled_up": peak > samples[0].get("EnsembleIngress", 0), "scaled_down": final < peak}
 
 
+def readme_command(arts: dict, bare_url: str, users: list, items: list, rates: list[float],
+                   sweep_seconds: float) -> dict:
+    """``lmrec serve serve/recommender.yaml`` exactly as the README runs it, measured beside the bare app.
+
+    The folder it runs in holds a copy of the committed file and the benchmark's artifacts at the paths the file
+    names (the demo writes its own there; these two are trained the same way, with the same encoder and member
+    kinds, so a request costs the same). Its environment is this process's minus what the benchmark set for its
+    own Ray (Serve mode, worker niceness, ``RAY_ADDRESS``): what ``lmrec serve`` does by default decides.
+    """
+    import yaml
+
+    work = WORK / "readme"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "serve").mkdir(parents=True)
+    shutil.copy(REPO / "serve" / "recommender.yaml", work / "serve" / "recommender.yaml")
+    raw = yaml.safe_load((REPO / "serve" / "recommender.yaml").read_text())
+    app_args = raw["applications"][0]["args"]
+    for key, target in (("two_tower_artifact", arts["two_tower"]), ("mf_artifact", arts["mf"])):
+        link = work / app_args[key]
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path(target).resolve())
+    port = raw["http_options"]["port"]
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            raise RuntimeError(f"port {port} (the README command's) is taken: stop what listens there")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RAY_SERVE_", "RAY_worker_")) and k != "RAY_ADDRESS"}
+    lmrec = str(Path(sys.executable).parent / "lmrec")
+    log_path = work / "serve.log"
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([lmrec, "serve", "serve/recommender.yaml"], cwd=work, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    out: dict = {"command": "lmrec serve serve/recommender.yaml", "cwd": str(work.relative_to(REPO))}
+    try:
+        deadline = time.monotonic() + 300
+        while "ready in" not in log_path.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("lmrec serve did not come up:\n" + log_path.read_text()[-3000:])
+            time.sleep(1)
+        out["ready_s"] = round(time.perf_counter() - start, 1)
+        out["mode_line"] = next((x for x in log_path.read_text().splitlines() if "local Ray instance" in x
+                                 or "joining a running" in x), None)
+        time.sleep(10)  # let the replicas' start-up work settle, as for the benchmark's own deployment
+        b = request_bodies("/recommend", users, items, random.Random(7))
+        asyncio.run(closed_loop(url, "/recommend", b, 2, 3, 200))
+        out["closed_loop"] = {str(c): asyncio.run(closed_loop(url, "/recommend", b, c, 15, 20000))
+                              for c in (1, 4, 16)}
+        print("readme closed loop", json.dumps(out["closed_loop"]), flush=True)
+        sweep = rate_sweep({"bare": bare_url, "readme": url}, users, items, rates, sweep_seconds)
+        out["sweep_bare"], out["sweep_readme"] = sweep["bare"], sweep["readme"]
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C, as a user stops it
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return out
+
+
 def plot(result: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    fig, axes = plt.subplots(1, 4, figsize=(22, 4.5))
     names = list(result["bare"])
     x = np.arange(len(names))
     for ax, key, title in ((axes[0], "p50_ms", "p50 latency (ms)"), (axes[1], "throughput_rps", "throughput (req/s)")):
@@ -331,6 +400,18 @@ def plot(result: dict) -> None:
     ax.axvline(result["autoscaling"]["step_end_s"], color="k", ls=":", lw=1)
     ax.set_title("Serve replicas; 16 clients between the dashed lines, else 1")
     ax.set_xlabel("seconds")
+    ax.legend(fontsize=8)
+    ax = axes[3]
+    sweeps = (("bare (beside the README command)", result["readme"]["sweep_bare"], "#999999"),
+              ("lmrec serve serve/recommender.yaml", result["readme"]["sweep_readme"], "#dd8452"),
+              ("benchmark's Serve (fixed replicas)", result["sweep_serve"], "#4c72b0"))
+    for label, sweep, color in sweeps:
+        pts = [p for p in sweep["points"] if p["p99_ms_median"] is not None]
+        ax.plot([p["offered_rps"] for p in pts], [p["p99_ms_median"] for p in pts], "o-", color=color, label=label)
+    ax.axhline(P99_TARGET_MS, color="k", ls="--", lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("offered /recommend rate (req/s, open loop)")
+    ax.set_title("p99 latency (ms) by offered rate")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(RESULTS / "serve.png", dpi=120)
@@ -421,13 +502,17 @@ def main() -> int:
         sweep = rate_sweep({"bare": bare_url, "serve": base}, users, items, sweep_rates, args.sweep_seconds)
         result["sweep_bare"], result["sweep_serve"] = sweep["bare"], sweep["serve"]
         write_results("serve", result)  # the measurements so far survive a failure in the load step
-        bare.terminate()
-        bare.wait(30)
-        # the load step last, on the autoscaling config from its minimum replica counts
+        # the load step, on the autoscaling config from its minimum replica counts
         serve.delete(app_name)
         deploy_config(load_serve_config(autoscaled))
         time.sleep(10)
         result["autoscaling"] = autoscaling_step(base, users, items, app_name, QUIET_FRACTION * bare_rps)
+        serve.shutdown()
+        ray.shutdown()
+        write_results("serve", result)
+        # last: the README's own command, with nothing of the benchmark's Ray left
+        time.sleep(5)
+        result["readme"] = readme_command(arts, bare_url, users, items, sweep_rates, args.sweep_seconds)
     finally:
         if bare.poll() is None:
             bare.terminate()
@@ -457,9 +542,24 @@ def main() -> int:
         "rate_ratio_ge_0.5": ratio is not None and ratio >= 0.5,
         "scaled_up": result["autoscaling"]["scaled_up"], "scaled_down": result["autoscaling"]["scaled_down"],
     }
+    rd = result["readme"]
+    rb, rr = rd["sweep_bare"]["max_sustained_rps"], rd["sweep_readme"]["max_sustained_rps"]
+    result["summary"] = {
+        "readme_command": rd["command"], "readme_mode": rd["mode_line"],
+        "readme_serve_rps_p99_50ms": rr, "readme_serve_p99_ms_at_max": rd["sweep_readme"]["p99_ms_at_max"],
+        "bare_rps_p99_50ms_same_sweep": rb,
+        "readme_serve_vs_bare": round((rr or 0) / rb, 2) if rb else None,
+        "readme_serve_vs_bare_alone": round((rr or 0) / alone["max_sustained_rps"], 2)
+        if alone["max_sustained_rps"] else None,
+        "readme_closed_loop_rps": {c: r["throughput_rps"] for c, r in rd["closed_loop"].items()},
+        "readme_closed_loop_p50_ms": {c: r["p50_ms"] for c, r in rd["closed_loop"].items()},
+        "benchmark_serve_rps_p99_50ms": ss["max_sustained_rps"], "benchmark_serve_vs_bare_alone": result[
+            "acceptance"]["rate_ratio"],
+    }
     write_results("serve", result)
     plot(result)
-    print(json.dumps({"overhead": result["overhead"], "acceptance": result["acceptance"]}, indent=1))
+    print(json.dumps({"overhead": result["overhead"], "acceptance": result["acceptance"],
+                      "summary": result["summary"]}, indent=1))
     return 0
 
 

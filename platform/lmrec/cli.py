@@ -120,7 +120,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from lmrec.serving.cli import main_serve
 
     return main_serve(args.config, address=args.address, detach=args.detach, artifacts=args.artifact,
-                      weights=args.weight, write_config=args.write_config, port=args.port)
+                      weights=args.weight, write_config=args.write_config, port=args.port,
+                      python_proxy=args.python_proxy)
 
 
 def _cmd_specs_list(args: argparse.Namespace) -> int:
@@ -255,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=None, help="HTTP port (default: the config's, 8000)")
     sv.add_argument("--address", default=None, help="join a running Ray cluster (e.g. auto)")
     sv.add_argument("--detach", action="store_true", help="return once running (needs an outside Ray cluster)")
+    sv.add_argument("--python-proxy", action="store_true", help="when lmrec starts Ray itself: Serve's Python proxy "
+                    "instead of its high-throughput mode (HAProxy in front of the ingress replicas)")
     sv.set_defaults(func=_cmd_serve)
 
     sp = sub.add_parser("specs", help="the job specs, tune specs, Serve configs and DeepSpeed JSONs shipped with "

@@ -2,7 +2,9 @@
 write token exported the way a user does it: auth on POST /items, batch recommendations, exclusions, filters,
 recommendation ids and the Prometheus metrics the ingress replica exports.
 
-One Ray + Serve instance for the module (start-up ~20-30 s on 2 cores).
+One Ray + Serve instance for the module (start-up ~20-30 s on 2 cores), started with the environment ``lmrec
+serve`` gives a Ray it starts itself (``local_serving_env``: Serve's high-throughput mode, HAProxy in front of the
+ingress replica), so every route and header below is checked on the path users get by default.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def service(serving_artifacts, tmp_path_factory, free_port):
     import ray
     from ray import serve
 
-    from lmrec.serving.cli import artifacts_config, deploy_config, load_serve_config, main_serve
+    from lmrec.serving.cli import artifacts_config, deploy_config, load_serve_config, local_serving_env, main_serve
 
     raw = artifacts_config([str(serving_artifacts["v1"]), str(serving_artifacts["mf"])], port=free_port())
     for d in raw["applications"][0]["deployments"]:  # one replica each (2 shared cores)
@@ -36,6 +38,10 @@ def service(serving_artifacts, tmp_path_factory, free_port):
     path.write_text(yaml.safe_dump(raw))
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RAY_AUTH_MODE", "disabled")
+        fast, how = local_serving_env()
+        assert "high-throughput" in how, how  # ray[serve] brings the HAProxy binary
+        for key, value in fast.items():
+            env.setenv(key, value)
         ray.init(num_cpus=2, include_dashboard=False, namespace="serve", log_to_driver=False)
         try:
             # exported after the cluster started (as before `lmrec serve --address auto`): Ray's workers do not

@@ -46,3 +46,43 @@ def test_bad_args_are_caught_before_ray_starts(tmp_path: Path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(raw))
     assert main_serve(str(bad)) == 2
+
+
+def test_lmrec_serve_starts_its_own_ray_only_when_none_is_named_or_running(monkeypatch, tmp_path: Path):
+    from lmrec.serving.cli import starts_own_ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # no `ray start` cluster recorded there
+    import ray._private.services as services
+
+    monkeypatch.setattr(services, "find_bootstrap_address", lambda temp_dir=None: None)
+    assert starts_own_ray(None) and starts_own_ray("local")
+    assert not starts_own_ray("10.0.0.5:6379")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")  # a shell pointed at a cluster joins it
+    assert not starts_own_ray(None)
+    monkeypatch.delenv("RAY_ADDRESS")
+    monkeypatch.setattr(services, "find_bootstrap_address", lambda temp_dir=None: "127.0.0.1:6379")
+    assert not starts_own_ray(None)  # a `ray start --head` on this machine is joined, not shadowed
+
+
+def test_local_serving_env_is_the_high_throughput_mode_unless_told(monkeypatch):
+    from lmrec.serving.cli import local_serving_env
+
+    for key in ("RAY_worker_niceness", "RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED"):
+        monkeypatch.delenv(key, raising=False)
+    env, how = local_serving_env()
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_worker_niceness"] == "0", how
+    state = Path(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
+    assert state.is_dir() and str(state).startswith("/tmp/hap")  # short: HAProxy's socket paths are bounded
+    assert env["RAY_SERVE_HAPROXY_STATS_PORT"] != env["RAY_SERVE_HAPROXY_METRICS_PORT"]
+    state.rmdir()
+    env, how = local_serving_env(python_proxy=True)
+    assert env == {"RAY_worker_niceness": "0"} and "Python proxy" in how
+    monkeypatch.setenv("RAY_worker_niceness", "5")  # what the user set wins
+    assert "RAY_worker_niceness" not in local_serving_env(python_proxy=True)[0]
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", "/nonexistent/haproxy")
+    import ray.serve._private.haproxy as haproxy
+
+    monkeypatch.setattr(haproxy, "RAY_SERVE_HAPROXY_BINARY_PATH", "/nonexistent/haproxy")
+    env, how = local_serving_env()  # no usable binary: the Python proxy, and the reason is said
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in env and "unavailable" in how and "/nonexistent/haproxy" in how

