@@ -241,7 +241,7 @@ def ensemble_rows(datasets: dict, members: dict, notes: dict) -> list[dict]:
 
 def encoder_cost(data, teacher_dir: Path, student_dir: Path, repeats: int = 3) -> dict:
     """Encoder seconds per item text of teacher and student artifacts, measured alternately in this process."""
-    from lmrec.models.artifact import load_artifact
+    from lmrec.artifacts.two_tower import load_artifact
     from lmrec.models.encoder import encode_all
 
     threads = torch.get_num_threads()
@@ -306,7 +306,7 @@ def main() -> None:
     for key, name, member in (("u1", "frozen", "two_tower"), ("protocols", "frozen", "two_tower"),
                               ("u1", "distillation", "student"), ("protocols", "distillation", "student")):
         if member not in members.get(key, {}) and (RUNS / key / name).exists():  # not re-run: its artifact
-            from lmrec.models.artifact import load_artifact
+            from lmrec.artifacts.two_tower import load_artifact
 
             members.setdefault(key, {})[member] = load_artifact(RUNS / key / name).recommender
     if want("classic") or want("ensemble"):

@@ -49,7 +49,7 @@ def test_metrics(rec, data) -> dict:
 
 def default_job(tuned_spec: TrainSpec, storage: str) -> dict:
     """The job spec as committed, trained like the trials: Ray Train, one worker of the same size, same seed."""
-    from lmrec.models.artifact import load_artifact
+    from lmrec.artifacts.two_tower import load_artifact
     from lmrec.training.ray_train import train
 
     spec = load_spec(TrainSpec, JOB, {"scaling.num_workers": tuned_spec.scaling.num_workers,
@@ -93,7 +93,7 @@ def default_local() -> dict:
 def main() -> None:
     import ray
 
-    from lmrec.models.artifact import load_artifact
+    from lmrec.artifacts.two_tower import load_artifact
     from lmrec.tuning.report import write_report
     from lmrec.tuning.spec import load_tune_spec
     from lmrec.tuning.study import _trainable, finished, locate, run_study

@@ -41,7 +41,7 @@ def _u1_record(ds, artifact_path: str, model: str, fit_s: float) -> dict:
     """An artifact's u1 test metrics (RMSE/MAE and full ranking @10), in the demo's record shape."""
     from lmrec.evaluation import evaluate_ranking, evaluate_ratings
     from lmrec.experiments import load_split
-    from lmrec.models.artifact import load_artifact
+    from lmrec.artifacts.two_tower import load_artifact
 
     art = load_artifact(artifact_path)
     split = load_split(ds, "u1")

@@ -45,7 +45,7 @@ def _free_port() -> int:
 
 
 def _sha(folder) -> str:
-    from lmrec.models.artifact import sha256_file
+    from lmrec.artifacts.manifest import sha256_file
 
     return sha256_file(Path(folder) / "manifest.json")
 

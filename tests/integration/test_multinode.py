@@ -365,12 +365,13 @@ def test_job_survives_losing_a_node_and_matches_an_uninterrupted_run(cluster, tm
     assert "resumed from" in resumed["logs"]
 
     # the interrupted run stored everything through the URI; Serve's member loads the artifact from there
-    from lmrec.models.artifact import verify_artifact
+    from lmrec.artifacts.manifest import verify_artifact
+    from lmrec.artifacts.two_tower import FORMAT as TWO_TOWER_FORMAT
     from lmrec.serving.members import TwoTowerMember
     from lmrec.storage import local_artifact
 
     assert resumed["artifact"] == f"file://{run}/artifact"
-    manifest = verify_artifact(local_artifact(resumed["artifact"]))
+    manifest = verify_artifact(local_artifact(resumed["artifact"]), TWO_TOWER_FORMAT)
     assert manifest["metrics"]["val_rmse"] == pytest.approx(resumed["best"]["val_rmse"], abs=1e-6)
     assert TwoTowerMember(resumed["artifact"]).info["n_items"] > 0
 

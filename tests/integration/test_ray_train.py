@@ -17,7 +17,7 @@ import torch
 
 from lmrec.config.base import load_spec
 from lmrec.config.train import TrainSpec
-from lmrec.models.artifact import load_artifact
+from lmrec.artifacts.two_tower import load_artifact
 from lmrec.training.data import prepare_data
 from lmrec.training.ray_train import FAULT_ENV, TrainResult, main_train, train
 from lmrec.training.recipe import TwoTowerRecipe

@@ -11,7 +11,7 @@ import pytest
 
 from lmrec.config.base import load_spec
 from lmrec.config.train import TrainSpec
-from lmrec.models.artifact import load_artifact
+from lmrec.artifacts.two_tower import load_artifact
 from lmrec.training.data import prepare_data
 from lmrec.training.local import train_local
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lmrec.models.artifact import load_artifact
+from lmrec.artifacts.two_tower import load_artifact
 from lmrec.training.fingerprint import RUN_FILE
 from lmrec.training.ray_train import METRICS_FILE, main_train
 

@@ -15,7 +15,9 @@ from lmrec.config.base import SpecError, load_spec
 from lmrec.config.train import TrainSpec
 from lmrec.data.generic import load_custom
 from lmrec.data.schema import DataError
-from lmrec.models.artifact import ArtifactError, load_artifact, sha256_file, verify_artifact
+from lmrec.artifacts.manifest import ArtifactError, sha256_file, verify_artifact
+from lmrec.artifacts.two_tower import FORMAT as TWO_TOWER_FORMAT
+from lmrec.artifacts.two_tower import load_artifact
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "platform" / "lmrec"
@@ -151,7 +153,7 @@ def test_artifact_attacks_are_refused(artifact_copy, tmp_path, attack):
     elif attack == "format":
         _rewrite_manifest(artifact_copy, lambda m: m.update(format="torch.save/pickle"))
     with pytest.raises(ArtifactError) as e:
-        verify_artifact(artifact_copy)
+        verify_artifact(artifact_copy, TWO_TOWER_FORMAT)
     assert str(artifact_copy) in str(e.value)
 
 

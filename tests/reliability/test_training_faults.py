@@ -60,7 +60,7 @@ def test_torn_or_altered_checkpoint_is_rejected(tmp_path, damage):
         m = json.loads(manifest.read_text())
         outside = tmp_path / "outside.pt"
         outside.write_bytes(b"x")
-        from lmrec.models.artifact import sha256_file
+        from lmrec.artifacts.manifest import sha256_file
         name = "../outside.pt" if damage == "traversal" else str(outside)
         m["files"][name] = sha256_file(outside)
         manifest.write_text(json.dumps(m))

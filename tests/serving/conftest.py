@@ -16,7 +16,7 @@ def offline_ensemble():
 
 def _offline_ensemble(serving_artifacts, names, weights):
     """``FusedEnsemble`` over the recommender views of the same artifacts the service loads."""
-    from lmrec.models.artifact import load_artifact
+    from lmrec.artifacts.two_tower import load_artifact
     from lmrec.artifacts.item_item import load_item_item_artifact
     from lmrec.artifacts.mf import load_mf_artifact
     from lmrec.strategies.ensemble import FusedEnsemble

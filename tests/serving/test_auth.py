@@ -22,7 +22,7 @@ def _bearer(token: str) -> dict:
 def _with_item_texts(src, dst, texts) -> None:
     """A copy of a two-tower artifact whose id_maps.json carries the item texts (what ``save_artifact`` writes
     when given ``item_texts``), with its manifest hash updated."""
-    from lmrec.models.artifact import sha256_file
+    from lmrec.artifacts.manifest import sha256_file
 
     shutil.copytree(src, dst)
     ids = json.loads((dst / "id_maps.json").read_text())

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from lmrec.serving.app import EnsembleWeights, ServeAppArgs, build_bare_app, resolve_ensemble
 from lmrec.serving.ensemble import fuse_scores
 from lmrec.strategies.ensemble import FusedEnsemble
-from lmrec.strategies.ensemble_artifact import member_manifest_sha256, save_ensemble_artifact
+from lmrec.artifacts.ensemble import member_manifest_sha256, save_ensemble_artifact
 
 WEIGHTS = {"two_tower": 0.25, "mf": 0.75}  # not Serve's defaults (0.7 / 0.3): the answers show which were used
 

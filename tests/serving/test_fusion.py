@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from lmrec.models.artifact import ArtifactError
+from lmrec.artifacts.manifest import ArtifactError
 from lmrec.serving.ensemble import fuse_scores, top_k, zscore
 from lmrec.serving.members import MFMember
 from lmrec.artifacts.tables import IdMap
@@ -206,7 +206,7 @@ def test_recommend_scores_from_local_tables_and_follows_a_swap(serving_artifacts
     numbers as the members' own answers, and picks up a swapped artifact within ``catalog_poll_s``."""
     import asyncio
 
-    from lmrec.models.artifact import load_artifact
+    from lmrec.artifacts.two_tower import load_artifact
     from lmrec.serving.api import RecommendRequest
     from lmrec.serving.app import LocalHandle
     from lmrec.serving.catalog import ItemCatalogCore

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from lmrec.models.artifact import ArtifactError
+from lmrec.artifacts.manifest import ArtifactError
 from lmrec.models.baselines import EASE, BiasedMF, ItemKNN
 from lmrec.artifacts.item_item import load_item_item_artifact, save_item_item_artifact
 from lmrec.serving.members import ItemItemMember

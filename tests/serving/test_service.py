@@ -63,7 +63,7 @@ def post(service, path: str, body: dict, timeout: float = 30) -> requests.Respon
 
 
 def _manifest_sha(folder) -> str:
-    from lmrec.models.artifact import sha256_file
+    from lmrec.artifacts.manifest import sha256_file
 
     return sha256_file(Path(folder) / "manifest.json")
 

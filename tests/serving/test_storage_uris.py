@@ -9,7 +9,7 @@ import uuid
 import numpy as np
 import pytest
 
-from lmrec.models.artifact import ArtifactError
+from lmrec.artifacts.manifest import ArtifactError
 from lmrec.serving.app import ServeAppArgs, check_artifacts
 from lmrec.serving.members import MFMember, TwoTowerMember
 from lmrec.storage import StorageError, upload_dir

@@ -14,7 +14,7 @@ Layout::
                            rating for a kNN fitted on ratings) and ``seen_ratings`` (for exclusion and explanations)
     id_maps.json           raw user/item ids in index order, and the item texts
 
-Hashing and verify-before-load are ``lmrec.models.artifact``'s, as for the MF artifact.
+Hashing and verify-before-load are ``lmrec.artifacts.two_tower``'s, as for the MF artifact.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import pandas as pd
 import scipy.sparse as sp
 from safetensors.numpy import load_file, save_file
 
-from lmrec.models.artifact import ArtifactError, sha256_file, verify_artifact, write_member_manifest
+from lmrec.artifacts.manifest import ArtifactError, sha256_file, verify_artifact, write_member_manifest
 from lmrec.artifacts.tables import ItemItemTable
 
 ITEM_ITEM_FORMAT = "lmrec.item_item/1"

@@ -8,7 +8,7 @@ Layout::
                          exclude seen items and to explain ("because you liked ...")
     id_maps.json         raw user/item ids in index order, and the item texts (for readable explanations)
 
-The format mirrors ``lmrec.models.artifact`` (same hashing, same verify-before-load rule) so one ensemble
+The format mirrors ``lmrec.artifacts.two_tower`` (same hashing, same verify-before-load rule) so one ensemble
 manifest can point at both kinds of member.
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from safetensors.numpy import load_file, save_file
 
-from lmrec.models.artifact import sha256_file, verify_artifact, write_member_manifest
+from lmrec.artifacts.manifest import sha256_file, verify_artifact, write_member_manifest
 
 MF_FORMAT = "lmrec.mf/1"
 MANIFEST = "manifest.json"

@@ -64,7 +64,7 @@ class TextEncoder(nn.Module):
     [n, hidden]``. It also carries the prompts that go before query (user) and passage (item) texts.
 
     These settings are part of the module (not of a training wrapper) because serving must encode exactly as
-    training did; ``lmrec.models.artifact`` records them.
+    training did; ``lmrec.artifacts.two_tower`` records them.
     """
 
     def __init__(self, backbone: nn.Module, pooling: Pooling = "mean", *, normalize: bool = False,

@@ -279,7 +279,8 @@ def _prepare(spec: TrainSpec, selection: Selection, dataset: Dataset, lineage: d
 
 def run_incremental(spec: TrainSpec, from_artifact: str, *, spec_path: str | Path | None = None) -> IncrementalResult:
     """One collect -> fine-tune -> compare -> promote round (see the module docstring)."""
-    from lmrec.models.artifact import load_artifact, sha256_file
+    from lmrec.artifacts.manifest import sha256_file
+    from lmrec.artifacts.two_tower import load_artifact
     from lmrec.training.data import load_spec_dataset
     from lmrec.training.ray_train import train
 
@@ -363,7 +364,7 @@ def main_incremental(spec_path: str, overrides: dict | None, from_artifact: str)
     1 training failed."""
     from ray.train import TrainingFailedError
 
-    from lmrec.models.artifact import ArtifactError
+    from lmrec.artifacts.manifest import ArtifactError
 
     try:
         spec = load_spec(TrainSpec, spec_path, overrides)

@@ -53,7 +53,7 @@ class ServeAppArgs(StrictModel):
     """Arguments of ``build_app`` (the ``args:`` block of a Serve config file)."""
 
     two_tower_artifact: str | None = Field(
-        None, description="Two-tower artifact (lmrec.models.artifact): a folder or a storage URI (s3://, file://, "
+        None, description="Two-tower artifact (lmrec.artifacts.two_tower): a folder or a storage URI (s3://, file://, "
                           "...). Required unless ensemble_artifact is set."
     )
     mf_artifact: str | None = Field(
@@ -113,7 +113,7 @@ def resolve_ensemble(args: ServeAppArgs) -> ServeAppArgs:
     """
     if args.ensemble_artifact is None:
         return args
-    from lmrec.strategies.ensemble_artifact import load_ensemble_artifact
+    from lmrec.artifacts.ensemble import load_ensemble_artifact
 
     ens = load_ensemble_artifact(args.ensemble_artifact)
     served = list(EnsembleWeights.model_fields)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from ray import serve
 
-from lmrec.models.artifact import sha256_file
+from lmrec.artifacts.manifest import sha256_file
 from lmrec.models.encoder import with_prompt
 from lmrec.models.st_settings import Side
 from lmrec.storage import local_artifact, normalize
@@ -28,7 +28,7 @@ class TextEncoderCore:
     ``encode(texts) -> [n, hidden]``."""
 
     def __init__(self, artifact_dir: str | Path) -> None:
-        from lmrec.models.artifact import load_artifact
+        from lmrec.artifacts.two_tower import load_artifact
 
         root = local_artifact(artifact_dir)  # a URI is fetched into the local cache first
         art = load_artifact(root)

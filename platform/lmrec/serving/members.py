@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from lmrec.artifacts.tables import IdMap, ScoreTable, csr_from_padded
-from lmrec.models.artifact import sha256_file
+from lmrec.artifacts.manifest import sha256_file
 from lmrec.serving.protocol import VersionSkew
 from lmrec.storage import local_artifact
 
@@ -35,7 +35,7 @@ class TwoTowerMember:
     """The encoder two-tower, served from its precomputed tables (no encoder pass per request)."""
 
     def __init__(self, artifact_dir: str | Path) -> None:
-        from lmrec.models.artifact import load_artifact
+        from lmrec.artifacts.two_tower import load_artifact
 
         root = local_artifact(artifact_dir)  # a URI is fetched into the local cache first
         art = load_artifact(root)

@@ -39,7 +39,7 @@ class Teacher:
     @classmethod
     def from_artifact(cls, directory: str | Path, device: str | torch.device = "cpu") -> "Teacher":
         """Load a verified two-tower artifact and keep only its precomputed tables (the encoder is dropped)."""
-        from lmrec.models.artifact import load_artifact
+        from lmrec.artifacts.two_tower import load_artifact
 
         art = load_artifact(directory, device="cpu")
         t = {k: v.float().to(device) for k, v in art.embeddings.items()}

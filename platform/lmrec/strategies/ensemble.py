@@ -37,9 +37,9 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import nnls
 
+from lmrec.artifacts.ensemble import WEIGHTS_FORMAT as FORMAT
 from lmrec.strategies.fusion import fuse_scores, zscore
 
-FORMAT = "lmrec.ensemble_weights/1"
 
 
 # One fusion for the offline ensemble and Serve (``lmrec.strategies.fusion``); the offline names stay as aliases.
@@ -238,11 +238,3 @@ def _listwise_weights(z: np.ndarray, rel: np.ndarray, seen: np.ndarray, *, steps
         loss.backward()
         opt.step()
     return torch.softmax(logits, 0).detach().numpy().astype(np.float64), float(loss.detach())
-
-
-def load_weights(path: str | Path) -> dict:
-    """Read a weights JSON written by ``FusedEnsemble.save_weights`` (checks the format tag)."""
-    doc = json.loads(Path(path).read_text())
-    if doc.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an ensemble weights file (format {doc.get('format')!r}, expected {FORMAT})")
-    return doc

@@ -60,7 +60,7 @@ def truncate_encoder(teacher: TextEncoder, n_layers: int) -> TextEncoder:
 
 def student_from_artifact(artifact_dir: str | Path, n_layers: int) -> TextEncoder:
     """A student from the (fine-tuned) encoder inside a two-tower artifact, checked and loaded without pickle."""
-    from lmrec.models.artifact import load_artifact
+    from lmrec.artifacts.two_tower import load_artifact
 
     teacher = load_artifact(artifact_dir).model.encoder
     return truncate_encoder(teacher, n_layers)

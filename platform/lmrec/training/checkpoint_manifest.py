@@ -15,7 +15,7 @@ import json
 import re
 from pathlib import Path
 
-from lmrec.models.artifact import is_plain_relative, sha256_file
+from lmrec.artifacts.manifest import is_plain_relative, sha256_file
 
 FORMAT = "lmrec.checkpoint/1"
 _MANIFEST_RE = re.compile(r"lmrec_manifest\.rank(\d+)\.json")

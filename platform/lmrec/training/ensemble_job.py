@@ -24,7 +24,7 @@ from pathlib import Path
 
 from lmrec.config.base import SpecError, load_spec
 from lmrec.config.ensemble import EnsembleSpec
-from lmrec.models.artifact import ArtifactError
+from lmrec.artifacts.manifest import ArtifactError
 from lmrec.storage import StorageError, exists, is_uri, join, normalize
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def member_locations(spec: EnsembleSpec) -> dict[str, str]:
 
 def check_output(location: str) -> None:
     """A local output folder must be absent, empty or an earlier ensemble artifact (it is overwritten)."""
-    from lmrec.strategies.ensemble_artifact import MANIFEST, WEIGHTS_FILE
+    from lmrec.artifacts.ensemble import MANIFEST, WEIGHTS_FILE
 
     root = Path(location)
     if is_uri(location) or not root.exists():
@@ -87,7 +87,8 @@ def load_member(member: str, location: str):
 
     root = local_artifact(location)
     if member == "two_tower":
-        from lmrec.models.artifact import load_artifact, sha256_file
+        from lmrec.artifacts.manifest import sha256_file
+        from lmrec.artifacts.two_tower import load_artifact
 
         art = load_artifact(root)
         return art.recommender, sha256_file(root / "manifest.json"), art.manifest, art.user_ids, art.item_ids
@@ -140,7 +141,7 @@ def run_ensemble(spec: EnsembleSpec) -> EnsembleResult:
     from lmrec.config.train import TrainSpec
     from lmrec.storage import upload_dir
     from lmrec.strategies.ensemble import FusedEnsemble
-    from lmrec.strategies.ensemble_artifact import save_ensemble_artifact
+    from lmrec.artifacts.ensemble import save_ensemble_artifact
     from lmrec.training.data import prepare_data
 
     start = time.perf_counter()

@@ -400,7 +400,7 @@ class TwoTowerRecipe:
 
     def export_artifact(self, directory: str, metrics: dict | None = None) -> str:
         """Serving artifact (safetensors + tokenizer + manifest); call on rank 0 (on every rank under ZeRO-3)."""
-        from lmrec.models.artifact import save_artifact
+        from lmrec.artifacts.two_tower import save_artifact
 
         self.strategy.before_export(self.model)  # e.g. LoRA adapters merged: a plain encoder is served
         if not self._cache_fresh:

@@ -98,7 +98,8 @@ def collect(study, grid) -> StudyReport:
 
 def export_best(study, report: StudyReport, export_dir: Path) -> Path | None:
     """Write the best trial as a ready-to-run job spec and record (and verify) its artifact in ``best.json``."""
-    from lmrec.models.artifact import verify_artifact
+    from lmrec.artifacts.manifest import verify_artifact
+    from lmrec.artifacts.two_tower import FORMAT as TWO_TOWER_FORMAT
 
     if report.best is None:
         log.warning("no trial finished with an artifact: nothing to export")
@@ -113,7 +114,7 @@ def export_best(study, report: StudyReport, export_dir: Path) -> Path | None:
         set_dotted(data, key, value.item() if hasattr(value, "item") else value)
     data["name"] = spec.name
     TrainSpec.model_validate(data)  # the export is a valid job spec, or this is a bug
-    manifest = verify_artifact(best["artifact"])
+    manifest = verify_artifact(best["artifact"], TWO_TOWER_FORMAT)
     export_dir.mkdir(parents=True, exist_ok=True)
     out = export_dir / f"{spec.name}.yaml"
     rel = _display(out)

@@ -11,7 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from lmrec.models.artifact import ArtifactError, load_artifact, verify_artifact
+from lmrec.artifacts.manifest import ArtifactError, verify_artifact
+
+from lmrec.artifacts.two_tower import FORMAT as TWO_TOWER_FORMAT
+
+from lmrec.artifacts.two_tower import load_artifact
 from lmrec.training.recipe import TwoTowerRecipe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -52,7 +56,7 @@ def test_tampered_file_rejected(exported, tmp_path):
     _, path = exported
     copy = tmp_path / "copy"
     shutil.copytree(path, copy)
-    verify_artifact(copy)
+    verify_artifact(copy, TWO_TOWER_FORMAT)
     blob = bytearray((copy / "model.safetensors").read_bytes())
     blob[-1] ^= 0x01
     (copy / "model.safetensors").write_bytes(bytes(blob))
@@ -66,14 +70,14 @@ def test_extra_or_missing_file_rejected(exported, tmp_path):
     shutil.copytree(path, extra)
     (extra / "payload.pkl").write_bytes(b"x")
     with pytest.raises(ArtifactError, match="unlisted"):
-        verify_artifact(extra)
+        verify_artifact(extra, TWO_TOWER_FORMAT)
     missing = tmp_path / "missing"
     shutil.copytree(path, missing)
     (missing / "id_maps.json").unlink()
     with pytest.raises(ArtifactError, match="missing"):
-        verify_artifact(missing)
+        verify_artifact(missing, TWO_TOWER_FORMAT)
     manifest = json.loads((missing / "manifest.json").read_text())
     manifest["format"] = "other/9"
     (missing / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="format"):
-        verify_artifact(missing)
+        verify_artifact(missing, TWO_TOWER_FORMAT)

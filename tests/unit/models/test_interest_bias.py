@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lmrec.data.schema import Dataset
-from lmrec.models.artifact import load_artifact
+from lmrec.artifacts.two_tower import load_artifact
 from lmrec.training.data import build_prepared
 from lmrec.training.recipe import TwoTowerRecipe
 

@@ -159,7 +159,7 @@ def test_hub_name_offline_falls_back(monkeypatch, tmp_path):
 def test_prompts_and_settings_survive_training_and_the_artifact(cls_folder, tmp_path):
     """Item texts are tokenised with the passage prompt, user texts with the query prompt; the artifact records
     the settings and the reloaded encoder reproduces the trained item vectors from the raw texts."""
-    from lmrec.models.artifact import load_artifact
+    from lmrec.artifacts.two_tower import load_artifact
     from lmrec.training.recipe import TwoTowerRecipe
 
     spec = TrainSpec.model_validate({
@@ -189,7 +189,8 @@ def test_prompts_and_settings_survive_training_and_the_artifact(cls_folder, tmp_
 
 def test_manifest_without_encoder_entry_loads_as_before(cls_folder, tmp_path):
     """Artifacts written before the settings existed carry only ``model_args.pooling``."""
-    from lmrec.models.artifact import MANIFEST, load_artifact
+    from lmrec.artifacts.manifest import MANIFEST
+    from lmrec.artifacts.two_tower import load_artifact
     from lmrec.training.recipe import TwoTowerRecipe
 
     spec = TrainSpec.model_validate({

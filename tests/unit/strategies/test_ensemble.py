@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lmrec.strategies.ensemble import FusedEnsemble, fuse, load_weights, zscore_rows
+from lmrec.artifacts.ensemble import load_weights
+from lmrec.strategies.ensemble import FusedEnsemble, fuse, zscore_rows
 
 
 class _Fixed:

@@ -110,7 +110,7 @@ def test_frozen_run_never_changes_the_encoder():
 
 
 def test_lora_run_trains_adapters_only_and_exports_a_plain_encoder(tmp_path):
-    from lmrec.models.artifact import load_artifact
+    from lmrec.artifacts.two_tower import load_artifact
 
     spec = tiny_spec({"name": "lora", "rank": 4, "alpha": 8.0})
     data = tiny_data(spec)

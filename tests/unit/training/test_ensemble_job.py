@@ -11,8 +11,8 @@ from pydantic import ValidationError
 
 from lmrec.config.base import SpecError
 from lmrec.config.ensemble import EnsembleSpec
-from lmrec.models.artifact import ArtifactError, sha256_file, verify_artifact
-from lmrec.strategies.ensemble_artifact import (
+from lmrec.artifacts.manifest import ArtifactError, sha256_file, verify_artifact
+from lmrec.artifacts.ensemble import (
     ENSEMBLE_FORMAT, check_member_location, load_ensemble_artifact, member_manifest_sha256,
 )
 from lmrec.training.ensemble_job import main_ensemble, member_locations, run_ensemble

@@ -13,69 +13,26 @@ Layout of an artifact folder::
     id_maps.json              raw user/item ids in index order (and item_texts, when the writer passed them)
     tokenizer/                the tokenizer files
 
-``load_artifact`` checks every hash (and that no file was added or removed) before it reads any weights; manifest
-entries must be plain relative paths inside the folder (no ``..``, no absolute path) and the folder may hold no
-symbolic links, so an artifact cannot make the loader read a file outside it.
+``load_artifact`` checks the manifest (``lmrec.artifacts.manifest.verify_artifact``: every hash, no file added or
+removed, no link) before it reads any weights.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import time
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from lmrec.artifacts.manifest import verify_artifact, write_manifest
 from lmrec.models.encoder import encoder_from_config
 from lmrec.models.st_settings import EncoderSettings
 from lmrec.models.two_tower import TwoTowerModel, TwoTowerRecommender
 
 FORMAT = "lmrec.two_tower/1"
-MANIFEST = "manifest.json"
-
-
-class ArtifactError(ValueError):
-    """An artifact folder is incomplete, altered (sha256 mismatch) or of an unknown format."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_member_manifest(root: Path, fmt: str, *, user_ids, item_ids, item_texts: list[str] | None, n_items: int,
-                          fields: dict, metrics: dict | None = None, params: dict | None = None,
-                          fingerprint: str | None = None) -> None:
-    """``id_maps.json`` and the manifest (format, ``fields``, ``params``, the dataset fingerprint, the numeric
-    ``metrics``, sha256 of every file) of a collaborative member artifact (MF, EASE, item-kNN): written after its
-    arrays, so the manifest covers them."""
-    fields = {**fields, "params": params or {}, "dataset_fingerprint": fingerprint,
-              "metrics": {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}}
-    plain = lambda ids: [v.item() if hasattr(v, "item") else v for v in list(ids)]  # noqa: E731
-    texts = list(item_texts) if item_texts is not None else [""] * n_items
-    (root / "id_maps.json").write_text(json.dumps(
-        {"user_ids": plain(user_ids), "item_ids": plain(item_ids), "item_texts": texts}))
-    manifest = {"format": fmt, "created_unix": int(time.time()), **fields,
-                "files": {rel: sha256_file(root / rel) for rel in _listed_files(root)}}
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-
-
-def is_plain_relative(name: str) -> bool:
-    """A manifest entry that names a file inside its folder: relative, no ``..``, no backslash or NUL byte."""
-    pure = PurePosixPath(name)
-    return bool(name) and "\\" not in name and "\x00" not in name and not pure.is_absolute() and ".." not in pure.parts
-
-
-def _listed_files(root: Path) -> list[str]:
-    manifest = root / MANIFEST
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p != manifest)
 
 
 def model_args(model: TwoTowerModel) -> dict:
@@ -129,10 +86,7 @@ def save_artifact(
         ids["item_texts"] = [str(t) for t in item_texts]
     (root / "id_maps.json").write_text(json.dumps(ids))
     tokenizer.save_pretrained(str(root / "tokenizer"))
-    files = {rel: sha256_file(root / rel) for rel in _listed_files(root)}
-    manifest = {
-        "format": FORMAT,
-        "created_unix": int(time.time()),
+    write_manifest(root, FORMAT, {
         "model_args": model_args(model),
         # resolved (never "auto"): serving encodes as training did without the encoder's folder or the hub
         "encoder": model.encoder.settings.to_dict(),
@@ -141,44 +95,8 @@ def save_artifact(
         "data_cutoff": data_cutoff,
         "lineage": lineage or {},
         "metrics": {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))},
-        "files": files,
-    }
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    })
     return root
-
-
-def verify_artifact(directory: str | Path, expected_format: str = FORMAT) -> dict:
-    """Return the manifest after checking the format and the sha256 of every file; raise ``ArtifactError``.
-
-    Shared by every artifact kind (two-tower, MF): ``expected_format`` names the kind.
-    """
-    root = Path(directory)
-    try:
-        manifest = json.loads((root / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"{root}: unreadable {MANIFEST} ({e})") from None
-    if manifest.get("format") != expected_format:
-        raise ArtifactError(
-            f"{root}: unknown artifact format {manifest.get('format')!r} (expected {expected_format})"
-        )
-    listed = manifest.get("files")
-    if not isinstance(listed, dict):
-        raise ArtifactError(f"{root}: {MANIFEST} has no 'files' mapping")
-    for rel in listed:
-        if not is_plain_relative(rel):
-            raise ArtifactError(f"{root}: manifest entry {rel!r} is not a relative path inside the artifact")
-    links = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_symlink())
-    if links:  # a link could point the loader at any file on the host
-        raise ArtifactError(f"{root}: symbolic links are not allowed in an artifact: {links}")
-    present = set(_listed_files(root))
-    if present != set(listed):
-        raise ArtifactError(f"{root}: files differ from the manifest: missing {sorted(set(listed) - present)}, "
-                            f"unlisted {sorted(present - set(listed))}")
-    for rel, digest in listed.items():
-        actual = sha256_file(root / rel)
-        if actual != digest:
-            raise ArtifactError(f"{root / rel}: sha256 {actual} does not match the manifest ({digest})")
-    return manifest
 
 
 @dataclass
@@ -200,7 +118,7 @@ def load_artifact(directory: str | Path, device: str | torch.device = "cpu") -> 
     from transformers import AutoTokenizer
 
     root = Path(directory)
-    manifest = verify_artifact(root)
+    manifest = verify_artifact(root, FORMAT)
     args = dict(manifest["model_args"])
     pooling = args.pop("pooling")  # kept in model_args for readers that predate the "encoder" entry
     settings = EncoderSettings.from_dict(manifest.get("encoder", {"pooling": pooling}))

@@ -20,11 +20,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from lmrec.models.artifact import ArtifactError, sha256_file, verify_artifact
+from lmrec.artifacts.manifest import ArtifactError, sha256_file, verify_artifact
 from lmrec.storage import StorageError, check_uri, is_uri
-from lmrec.strategies.ensemble import FusedEnsemble, load_weights
 
 ENSEMBLE_FORMAT = "lmrec.ensemble/1"
+WEIGHTS_FORMAT = "lmrec.ensemble_weights/1"  # ensemble.json (``FusedEnsemble.save_weights``)
 MANIFEST = "manifest.json"
 WEIGHTS_FILE = "ensemble.json"
 
@@ -70,10 +70,11 @@ def member_manifest_sha256(location: str) -> str:
         raise ArtifactError(f"{location}: no readable {MANIFEST} ({e})") from None
 
 
-def save_ensemble_artifact(directory: str | Path, ensemble: FusedEnsemble, *, members: dict[str, str],
+def save_ensemble_artifact(directory: str | Path, ensemble, *, members: dict[str, str],
                            member_sha256: dict[str, str], name: str, config: dict | None = None,
                            fingerprint: str = "", metrics: dict[str, float] | None = None) -> Path:
-    """Write the artifact folder (see module docstring); ``members`` must already be absolute paths or URIs."""
+    """Write the artifact folder (see module docstring); ``members`` must already be absolute paths or URIs.
+    ``ensemble``: a fitted ``lmrec.strategies.ensemble.FusedEnsemble`` (its ``members`` and ``save_weights``)."""
     if set(members) != set(ensemble.members) or set(member_sha256) != set(ensemble.members):
         raise ValueError(f"members {sorted(members)} / hashes {sorted(member_sha256)} differ from the ensemble's "
                          f"{sorted(ensemble.members)}")
@@ -125,3 +126,11 @@ def load_ensemble_artifact(location: str | Path, *, check_members: bool = True) 
                     f"member {member} at {location_} changed since the ensemble was fitted (manifest sha256 "
                     f"{actual[:12]}, fitted for {art.member_sha256[member][:12]}): run `lmrec ensemble` again")
     return art
+
+
+def load_weights(path: str | Path) -> dict:
+    """Read a weights JSON written by ``FusedEnsemble.save_weights`` (checks the format tag)."""
+    doc = json.loads(Path(path).read_text())
+    if doc.get("format") != WEIGHTS_FORMAT:
+        raise ValueError(f"{path}: not an ensemble weights file (format {doc.get('format')!r}, expected {WEIGHTS_FORMAT})")
+    return doc
