@@ -24,9 +24,8 @@ import torch
 
 from lmrec.data.splits import cold_start_users
 from lmrec.evaluation.metrics import ranking_metrics
-from lmrec.strategies.meta_learning import (
-    ColdStartModel, MetaAlgorithm, TaskBatch, adapt, item_scores, leave_one_out_losses, meta_loss, predict_ratings,
-)
+from lmrec.models.cold_start import ColdStartModel, TaskBatch, item_scores, predict_ratings
+from lmrec.strategies.meta_learning import MetaAlgorithm, adapt, leave_one_out_losses, meta_loss
 
 log = logging.getLogger(__name__)
 

@@ -2,13 +2,12 @@
 recipe (its loop differs in shape: batches are users split into support and query sets; see
 ``lmrec.strategies.meta_loop``). Shared by ``train_local`` and the Ray Train worker; imports no ``ray``.
 
-The output folder holds the meta-trained weights (``model.safetensors``: item side + the fast-parameter init),
-the run's per-epoch history and its cold-user metrics (``metrics.json``).
+The output folder is a meta-learning artifact (``lmrec.artifacts.meta``: the meta-trained weights, the run's
+per-epoch history and its cold-user metrics, under a hash-checked manifest; ``load_meta_artifact`` reads it).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -27,20 +26,16 @@ def run_meta_job(spec, data, device: str | torch.device = "cpu", artifact_dir: s
     log.info("meta-learning: %.1f s, cold users %s", res.fit_seconds,
              {k: round(v, 4) for k, v in res.metrics.items()})
     if artifact_dir is not None:
-        save_meta_model(res, artifact_dir, spec)
+        save_meta_model(res, artifact_dir, spec, data)
     return res
 
 
-def save_meta_model(res, directory: str | Path, spec) -> Path:
-    """Weights as safetensors (no pickle) + JSON with the spec, history and cold-user metrics."""
-    from safetensors.torch import save_file
+def save_meta_model(res, directory: str | Path, spec, data=None) -> Path:
+    """The run as a meta-learning artifact (``lmrec.artifacts.meta``); ``data`` adds its id maps and fingerprint."""
+    from lmrec.artifacts.meta import save_meta_artifact
 
-    root = Path(directory)
-    root.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in res.model.state_dict().items()},
-              str(root / "model.safetensors"))
-    (root / "metrics.json").write_text(json.dumps({
-        "kind": "meta_learning", "config": spec.model_dump(mode="json"), "history": res.history,
-        "metrics": res.metrics, "fit_seconds": res.fit_seconds, "encode_seconds": res.encode_seconds,
-    }, indent=2, default=float), encoding="utf-8")
-    return root
+    return save_meta_artifact(
+        directory, res.model, config=spec.model_dump(mode="json"), history=res.history, metrics=res.metrics,
+        fit_seconds=res.fit_seconds, encode_seconds=res.encode_seconds,
+        fingerprint=getattr(data, "fingerprint", None), user_ids=getattr(data, "user_ids", None),
+        item_ids=getattr(data, "item_ids", None))
