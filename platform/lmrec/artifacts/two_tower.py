@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from lmrec.artifacts.manifest import verify_artifact, write_manifest
+from lmrec.artifacts.manifest import ArtifactError, verify_artifact, write_manifest
 from lmrec.models.encoder import encoder_from_config
 from lmrec.models.st_settings import EncoderSettings
 from lmrec.models.two_tower import TwoTowerModel, TwoTowerRecommender
@@ -90,6 +90,7 @@ def save_artifact(
         "model_args": model_args(model),
         # resolved (never "auto"): serving encodes as training did without the encoder's folder or the hub
         "encoder": model.encoder.settings.to_dict(),
+        "text": {"max_length": (spec.get("model") or {}).get("max_length")},
         "config": spec,
         "dataset_fingerprint": fingerprint,
         "data_cutoff": data_cutoff,
@@ -111,6 +112,17 @@ class LoadedArtifact:
     item_ids: list
     embeddings: dict[str, torch.Tensor]
     item_texts: list[str] | None = None
+
+    @property
+    def max_length(self) -> int:
+        """Token limit the model was trained with (serving truncates new texts the same way): the manifest's
+        ``text.max_length``, or the training spec's ``model.max_length`` in artifacts written before it."""
+        value = (self.manifest.get("text") or {}).get("max_length")
+        if value is None:
+            value = ((self.manifest.get("config") or {}).get("model") or {}).get("max_length")
+        if value is None:
+            raise ArtifactError("the manifest records no token limit (text.max_length or config.model.max_length)")
+        return int(value)
 
 
 def load_artifact(directory: str | Path, device: str | torch.device = "cpu") -> LoadedArtifact:

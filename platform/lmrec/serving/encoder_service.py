@@ -34,7 +34,7 @@ class TextEncoderCore:
         art = load_artifact(root)
         self.encoder = art.model.encoder.eval()
         self.tokenizer = art.tokenizer
-        self.max_length = int(art.manifest["config"].get("model", {}).get("max_length", 64))
+        self.max_length = art.max_length
         self.sha256 = sha256_file(root / "manifest.json")
 
     @torch.no_grad()

@@ -42,6 +42,8 @@ def test_round_trip_identical_predictions(exported):
     np.testing.assert_array_equal(art.recommender.score_items(users[:7]), live.score_items(users[:7]))
     assert art.manifest["dataset_fingerprint"] == recipe.data.fingerprint
     assert art.manifest["metrics"] == {"val_rmse": 1.0}
+    # the token limit serving truncates with is the spec's, recorded at export (not a reader's own default)
+    assert art.max_length == recipe.spec.model.max_length == art.manifest["text"]["max_length"]
     assert art.item_ids == recipe.data.item_ids.tolist()
     assert art.embeddings["item_vectors"].shape == (recipe.data.n_items, 8)
     # the reloaded encoder reproduces the cached item text (same weights, same tokenizer)
