@@ -12,7 +12,8 @@ from lmrec.config.scaling import ScalingSpec
 from lmrec.data.registry import DATASET_NAMES
 from lmrec.data.source import DataSource
 from lmrec.data.splits import ML100KCanonicalSpec, SplitSpec, split_spec_from_name
-from lmrec.strategies.spec import FullStrategy, StrategySpec
+from lmrec.strategies.spec import StrategySpec
+from lmrec.strategies.transfer.full import FullStrategy
 
 ValMetric = Literal["val_rmse", "val_mae", "val_ndcg@10", "val_recall@10"]
 
@@ -214,7 +215,8 @@ class TrainSpec(StrictModel):
     incremental: IncrementalSpec = Field(
         default_factory=IncrementalSpec, description="Fine-tuning a deployed artifact on new data (--from-artifact).")
     strategy: StrategySpec = Field(
-        default_factory=FullStrategy, description="Transfer strategy (lmrec.strategies.spec): scope, schedule, ...")
+        default_factory=FullStrategy, description="Transfer strategy: a built-in by name (lmrec.strategies.spec), or "
+        "one outside lmrec by import path, name: 'package.module:Class' (that class validates the section).")
 
     @model_validator(mode="after")
     def _metric_has_task(self) -> "TrainSpec":
@@ -223,7 +225,5 @@ class TrainSpec(StrictModel):
             raise ValueError(f"early_stopping.metric {m} needs the rating task (tasks.rating.weight > 0)")
         if self.model.user_text and self.data.source is not None and self.data.user_template is None:
             raise ValueError("model.user_text on your own data (data.source) needs a data.user_template")
-        if self.strategy.name in ("lora", "progressive_unfreezing") and not self.optim.finetune_encoder:
-            raise ValueError(f"strategy {self.strategy.name} trains the encoder: it needs optim.lr_encoder > 0 and "
-                             f"optim.items_encoded_per_step > 0")
+        self.strategy.check_job(self)  # e.g. lora and progressive_unfreezing need an encoder that trains
         return self

@@ -1,172 +1,119 @@
-"""The pieces a transfer strategy plugs into the two-tower recipe; the recipe's loop stays the same for all.
+"""How a transfer strategy plugs into the two-tower recipe: the base of its spec and the hooks the recipe calls.
 
-``build_student_encoder(spec)`` gives the encoder to build the model around (layer sharing, distilled student);
-``StrategyComponents.attach(spec, model, data, ...)`` then adapts the built model and hands the recipe:
+A strategy is one module. Its spec class (a ``Strategy``: the fields of the job spec's ``strategy:`` section,
+unknown keys forbidden) also says how it attaches to the recipe (``lmrec.training.recipe``), which asks it for:
 
-- ``param_groups(default)``: optimizer groups (progressive unfreezing splits the encoder per block);
+- ``student_encoder(job)``: the encoder to build the model around (layer sharing, a distilled student), or None;
+- ``attach(job, model, data, device=, distributed=)``: adapt the built model (freeze it, add adapters) after its
+  data buffers are set, and return its ``StrategyHooks``;
+- ``check_job(job)``: checks against the rest of the job spec, run when the spec validates (raise ``ValueError``).
+
+The hooks are what the recipe's loop, the same for every strategy, calls. Subclass ``StrategyHooks`` and override
+only what the strategy changes; the defaults change nothing:
+
+- ``param_groups(default, model, lr_heads)``: optimizer groups (progressive unfreezing splits the encoder per block);
 - ``on_epoch_start(optimizer, epoch)`` / ``on_step(optimizer, step)``: schedule changes (unfreezing);
-- ``encoder_trains(epoch)``: whether this epoch encodes items with gradient at all;
+- ``encoder_trains(epoch, step)``: whether this step encodes items with gradient at all;
 - ``batches(epoch, default, batch_size, rank, world_size)``: the sampler (curriculum), else ``default``;
-- ``extra_tasks``: losses added to the multi-task objective (distillation, propagated labels);
+- ``extra_tasks()``: losses added to the multi-task objective (distillation, propagated labels);
+- ``epoch_logs(optimizer)``: values added to (or replacing) an epoch's training logs;
 - ``before_export(model)``: make the model servable (merge LoRA adapters).
 
-Meta-learning is not here: its loop differs in shape (``lmrec.strategies.meta_loop``).
+The built-in strategies are ``lmrec.strategies.transfer.<name>``, listed once in ``lmrec.strategies.spec``; a
+strategy outside lmrec is named by import path (``strategy: {name: "my_pkg.my_module:MyStrategy"}``). This module
+imports no torch: job specs validate without it. Meta-learning does not attach here: its loop differs in shape
+(``lmrec.training.meta_job``).
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator, Protocol, runtime_checkable
 
-import numpy as np
-import torch
+from pydantic import Field
 
-from lmrec.models.encoder import TextEncoder
-from lmrec.strategies.curriculum import CurriculumSampler, difficulty_scores
-from lmrec.strategies.scopes import ParameterCount, apply_scope, count_parameters, merge_lora
-from lmrec.strategies.unfreezing import ParamGroup, ProgressiveUnfreezing
+from lmrec.config.base import StrictModel
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import torch
 
-
-def build_student_encoder(spec) -> TextEncoder | None:
-    """The encoder a strategy substitutes for ``spec.model``'s (None = build the usual one).
-
-    layer_sharing: bottom ``layers`` of the teacher artifact's encoder, or of the pretrained ``model.encoder``;
-    distillation with ``student_layers``: bottom layers of the teacher artifact's encoder.
-    """
-    from lmrec.models.encoder import build_encoder
-    from lmrec.strategies.layer_sharing import student_from_artifact, truncate_encoder
-
-    s = spec.strategy
-    if s.name == "layer_sharing":
-        if s.teacher_artifact:
-            return student_from_artifact(s.teacher_artifact, s.layers)
-        return truncate_encoder(build_encoder(spec.model.encoder, spec.model.pooling, spec.model.encoder_init),
-                                s.layers)
-    if s.name == "distillation" and s.student_layers:
-        return student_from_artifact(s.teacher_artifact, s.student_layers)
-    return None
+    from lmrec.models.encoder import TextEncoder
 
 
-def _history_text_embeddings(model) -> np.ndarray:
-    """Each user's mean pooled item text over their training history (an encoder-derived user embedding)."""
-    hist = model.history
-    mask = (hist >= 0).float()
-    text = model.item_text.float()[hist.clamp_min(0)]
-    return ((text * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)).cpu().numpy()
+@runtime_checkable
+class StrategyHooks(Protocol):
+    """What one strategy changes in a recipe run; every hook defaults to changing nothing (the ``full`` run)."""
 
-
-@dataclass
-class StrategyComponents:
-    """What one strategy contributes to a recipe run (see module docstring); empty for ``full``."""
-
-    name: str = "full"
-    unfreezing: ProgressiveUnfreezing | None = None
-    unfreeze_unit: str = "epoch"
-    sampler: CurriculumSampler | None = None
-    extra_tasks: list = field(default_factory=list)
-    frozen: bool = False
-    encoder_count: ParameterCount | None = None
-
-    @classmethod
-    def attach(cls, spec, model, data, *, device: torch.device, distributed: bool = False) -> "StrategyComponents":
-        """Adapt ``model`` for ``spec.strategy`` (after its data buffers are set) and return the components.
-
-        ``distributed``: the engine wraps the model (DDP with >1 rank, or DeepSpeed), so unfreezing must work
-        through LRs, not ``requires_grad`` (see ``lmrec.strategies.unfreezing``).
-        """
-        s = spec.strategy
-        out = cls(name=s.name)
-        if s.name == "frozen":
-            apply_scope(model.encoder, "frozen")
-            out.frozen = True
-        elif s.name == "lora":
-            apply_scope(model.encoder, "lora", rank=s.rank, alpha=s.alpha, dropout=s.dropout,
-                        targets=tuple(s.targets))
-        elif s.name == "progressive_unfreezing":
-            out.unfreezing = ProgressiveUnfreezing(
-                model, [], spec.optim.lr_encoder, s.decay, s.every, s.start_with_heads,
-                freeze_by="lr" if distributed else "requires_grad",
-            )
-            out.unfreeze_unit = s.unit
-        elif s.name == "curriculum":
-            d = data
-            diff = difficulty_scores(d.train, s.difficulty, d.n_users, d.n_items, item_lengths=d.item_lengths)
-            out.sampler = CurriculumSampler(d.train, diff, s.pacing, s.start, s.full_at_epoch, seed=spec.seed)
-        elif s.name == "distillation":
-            from lmrec.strategies.distillation import DistillationTask, Teacher
-
-            task = DistillationTask(Teacher.from_artifact(s.teacher_artifact, device), s.weight, s.rating_weight,
-                                    s.scores_weight, s.temperature, spec.tasks.click.temperature)
-            task.check_compatible(data.n_users, data.n_items)
-            out.extra_tasks.append(task)
-        elif s.name == "label_propagation":
-            from lmrec.strategies.label_propagation import LabelPropagation, PropagatedLabelTask
-
-            emb = _history_text_embeddings(model) if s.graph == "text_history" else None
-            prop = LabelPropagation(k=s.k, alpha=s.alpha, user_embeddings=emb).fit(data.train, data.n_users,
-                                                                                   data.n_items)
-            log.info("label propagation: %d iterations to converge", prop.iterations_)
-            out.extra_tasks.append(PropagatedLabelTask(prop, s.weight, s.per_user))
-        elif s.name not in ("full", "layer_sharing"):
-            raise ValueError(f"strategy {s.name!r} has no recipe components (meta_learning runs its own loop)")
-        out.encoder_count = count_parameters(model.encoder)
-        return out
-
-    # ---- optimizer ----
     def param_groups(self, default: list[dict], model, lr_heads: float) -> list[dict]:
-        """The recipe's groups, with the encoder group replaced by per-block groups when unfreezing.
-
-        ``default`` groups without an ``lr`` use ``lr_heads`` (the optimizer default in the recipe).
-        """
-        if self.unfreezing is None:
-            return default
-        enc = {id(p) for p in model.encoder.parameters()}
-        heads = []
-        for i, g in enumerate(default):
-            params = [p for p in g["params"] if id(p) not in enc]
-            if params:
-                heads.append(ParamGroup(f"heads.{i}", params, g.get("lr", lr_heads), g.get("weight_decay")))
-        self.unfreezing.head_groups = heads
-        return self.unfreezing.groups()
+        """The optimizer's groups; ``default`` groups without an ``lr`` use ``lr_heads``."""
+        return default
 
     def on_epoch_start(self, optimizer, epoch: int) -> bool:
-        """Apply the epoch's stage; True when group LRs were (re)set (the LR schedule must rebase on them)."""
-        if self.unfreezing is not None and self.unfreeze_unit == "epoch":
-            names = self.unfreezing.apply(optimizer, epoch)
-            log.info("epoch %d trains %s", epoch, ", ".join(names))
-            return True
+        """Called before the epoch's first step; True when group LRs were (re)set (the LR schedule rebases)."""
         return False
 
     def on_step(self, optimizer, step: int) -> bool:
-        """Apply the stage of global ``step``; True when group LRs were (re)set."""
-        if self.unfreezing is not None and self.unfreeze_unit == "step":
-            stage = self.unfreezing.stage
-            names = self.unfreezing.apply(optimizer, step)
-            if self.unfreezing.stage != stage:
-                log.info("step %d trains %s", step, ", ".join(names))
-            return True
+        """Called before global ``step``; True when group LRs were (re)set."""
         return False
 
     def encoder_trains(self, epoch: int, step: int = 0) -> bool:
-        """False when this epoch's steps need no encoder pass with gradient (frozen, or unfreezing not there yet)."""
-        if self.frozen:
-            return False
-        if self.unfreezing is not None:
-            return self.unfreezing.encoder_trains(step if self.unfreeze_unit == "step" else epoch)
+        """False when this step needs no encoder pass with gradient (frozen, or unfreezing not there yet)."""
         return True
 
-    # ---- data ----
     def batches(self, epoch: int, default: Iterable[dict], batch_size: int, rank: int = 0,
                 world_size: int = 1) -> Iterable[dict] | Iterator[dict]:
-        """Curriculum batches for this rank (every rank holds the whole PreparedData), else ``default``."""
-        if self.sampler is None:
-            return default
-        return self.sampler.iter_batches(epoch, batch_size, rank, world_size)
+        """This rank's batches for ``epoch`` (every rank holds the whole ``PreparedData``), else ``default``."""
+        return default
 
-    # ---- export ----
+    def extra_tasks(self) -> list:
+        """Tasks (``lmrec.models.tasks``, each with its own weight) added to the multi-task objective."""
+        return []
+
+    def epoch_logs(self, optimizer) -> dict[str, float]:
+        """Values merged into the epoch's training logs after its last step."""
+        return {}
+
     def before_export(self, model) -> None:
-        """Merge LoRA adapters into the backbone so the artifact is a plain Hugging Face encoder."""
-        merge_lora(model.encoder)
+        """Make ``model`` servable before the artifact is written."""
+
+
+class NoHooks(StrategyHooks):
+    """The hooks of a strategy that only changes the model it is given (full, layer sharing)."""
+
+
+@dataclass
+class ExtraTasks(StrategyHooks):
+    """The hooks of a strategy that adds losses to the objective and changes nothing else."""
+
+    tasks: list = field(default_factory=list)
+
+    def extra_tasks(self) -> list:
+        return list(self.tasks)
+
+
+class Strategy(StrictModel):
+    """Base of a strategy's spec (see the module docstring); a subclass adds its own fields and hooks."""
+
+    name: str = Field(description="A built-in strategy, or 'package.module:Class' naming one outside lmrec.")
+
+    def student_encoder(self, job) -> TextEncoder | None:
+        """The encoder the recipe builds the model around instead of ``job.model``'s (None = the usual one)."""
+        return None
+
+    def check_job(self, job) -> None:
+        """Checks against the whole job spec (a ``TrainSpec``) when it validates; raise ``ValueError``."""
+
+    def attach(self, job, model, data, *, device: torch.device, distributed: bool = False) -> StrategyHooks:
+        """Adapt ``model`` (data buffers set; ``data`` is the run's ``PreparedData``) and return the hooks.
+
+        ``distributed``: the engine wraps the model (DDP with >1 rank, or DeepSpeed), which fixes the set of
+        gradient-carrying parameters at wrap time: change what trains through LRs, not ``requires_grad``.
+        """
+        return NoHooks()
+
+
+def require_trainable_encoder(name: str, job) -> None:
+    """For a strategy whose point is training the encoder: the job's ``optim`` must let it train."""
+    if not job.optim.finetune_encoder:
+        raise ValueError(f"strategy {name} trains the encoder: it needs optim.lr_encoder > 0 and "
+                         f"optim.items_encoded_per_step > 0")

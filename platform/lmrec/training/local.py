@@ -11,7 +11,7 @@ import torch
 
 from lmrec.config.train import TrainSpec
 from lmrec.training.data import PreparedData, prepare_data
-from lmrec.training.recipe import TwoTowerRecipe
+from lmrec.training.recipe import TwoTowerRecipe, run_epochs
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,9 @@ def train_local(
         first = recipe.load_checkpoint(str(checkpoint_dir))
     result = LocalResult(recipe=recipe, data=data)
     best_state = None
-    for epoch in range(first, spec.optim.epochs):
-        batches = recipe.epoch_batches(epoch, data.iter_train_batches(epoch, recipe.batch_size, spec.seed))
-        logs = recipe.train_epoch(epoch, batches)
-        metrics = recipe.validate()
+
+    def after_epoch(epoch: int, logs: dict, metrics: dict) -> None:
+        nonlocal best_state
         result.epochs.append({**logs, **metrics})
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in metrics.items()})
         if on_epoch is not None:
@@ -76,9 +75,8 @@ def train_local(
             result.best = {"epoch": epoch, **metrics}
         if checkpoint_dir is not None:
             recipe.save_checkpoint(str(checkpoint_dir))
-        if recipe.should_stop:
-            log.info("early stop after epoch %d (best epoch %d)", epoch, recipe.best_epoch)
-            break
+
+    run_epochs(recipe, first, lambda epoch: data.iter_train_batches(epoch, recipe.batch_size, spec.seed), after_epoch)
     if best_state is not None:
         recipe.engine.restore(best_state)
     result.fit_seconds = time.perf_counter() - start

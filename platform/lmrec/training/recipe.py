@@ -7,10 +7,11 @@ into the cached table, and computes every item vector from that table: all ratin
 vector, and user vectors are pooled from item vectors, never from per-row text. After the optimizer step the
 fresh rows overwrite the stale cache rows; a full no-grad refresh runs every ``refresh_every_epochs``.
 
-The transfer strategy (``spec.strategy``) plugs in as components (``lmrec.strategies.components``): it may swap
-the encoder (layer sharing, distilled student), adapt it (frozen, LoRA), split the optimizer groups and change
-them per epoch or step (progressive unfreezing), choose each epoch's batches (curriculum) and add losses to the
-multi-task objective (distillation, propagated labels). The loop below is the same for all of them.
+The transfer strategy (``spec.strategy``) attaches hooks (``lmrec.strategies.components``): it may swap the encoder
+(layer sharing, distilled student), adapt it (frozen, LoRA), split the optimizer groups and change them per epoch
+or step (progressive unfreezing), choose each epoch's batches (curriculum) and add losses to the multi-task
+objective (distillation, propagated labels). The loop below is the same for all of them, and ``run_epochs`` is
+the one epoch loop of both drivers (``train_local`` and the Ray Train worker).
 
 The Ray harness (``lmrec.training`` Ray modules) calls exactly this class; this file imports no ``ray``.
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ from lmrec.evaluation.evaluate import test_metrics, validation_metrics
 from lmrec.models.encoder import build_encoder, load_tokenizer
 from lmrec.models.tasks import ClickTask, MultiTaskObjective, RatingTask, RelatedTask, StepContext
 from lmrec.models.two_tower import TwoTowerModel, TwoTowerRecommender
-from lmrec.strategies.components import StrategyComponents, build_student_encoder
+from lmrec.strategies.components import StrategyHooks
 from lmrec.strategies.scopes import count_parameters
 from lmrec.strategies.unfreezing import encoder_layer_groups
 from lmrec.training.data import PreparedData
@@ -116,7 +117,7 @@ class TwoTowerRecipe:
         self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
         o = spec.optim
         start = time.perf_counter()
-        self.model = build_model(spec, data.n_users, data.n_items, build_student_encoder(spec)).to(self.device)
+        self.model = build_model(spec, data.n_users, data.n_items, spec.strategy.student_encoder(spec)).to(self.device)
         # before adapters or freezing: the full count bounds what any strategy trains
         engine = resolve_engine(spec.scaling.engine, self.device, count_parameters(self.model).total)
         self.engine_name, self.engine_reason = engine.name, engine.reason
@@ -131,17 +132,21 @@ class TwoTowerRecipe:
         # setup cost split: loading the encoder is the same for any recipe; the item-text precompute is ours
         self.setup_seconds = {"model_load": loaded - start, "init_state": time.perf_counter() - loaded}
         # DDP / DeepSpeed fix the gradient-carrying parameters at wrap time: unfreeze through LRs there
-        self.strategy = StrategyComponents.attach(
+        self.strategy: StrategyHooks = spec.strategy.attach(
             spec, self.model, data, device=self.device,
             distributed=world_size > 1 or self.engine_name == "deepspeed")
+        if not isinstance(self.strategy, StrategyHooks):
+            raise TypeError(f"strategy {spec.strategy.name}: attach returned a {type(self.strategy).__name__}, which "
+                            f"lacks hooks; return a subclass of lmrec.strategies.components.StrategyHooks")
+        enc_count = count_parameters(self.model.encoder)
         self.model.to(self.device)  # adapters (LoRA) are created on the CPU
-        enc_count, count = self.strategy.encoder_count, count_parameters(self.model)
+        count = count_parameters(self.model)
         self.trainable_params = {"trainable_params": float(count.trainable), "total_params": float(count.total),
                                  "encoder_trainable_params": float(enc_count.trainable),
                                  "encoder_params": float(enc_count.total)}
-        log.info("strategy %s: %d of %d parameters train (encoder: %d of %d)", self.strategy.name, count.trainable,
+        log.info("strategy %s: %d of %d parameters train (encoder: %d of %d)", spec.strategy.name, count.trainable,
                  count.total, enc_count.trainable, enc_count.total)
-        self.objective = build_objective(spec, self.strategy.extra_tasks)
+        self.objective = build_objective(spec, self.strategy.extra_tasks())
         self.train_module = TwoTowerTrain(
             self.model, self.objective, torch.as_tensor(data.item_tokens).to(self.device),
             torch.as_tensor(data.item_lengths).to(self.device), self.autocast_dtype,
@@ -307,10 +312,7 @@ class TwoTowerRecipe:
         out = {k: v / max(steps, 1) for k, v in sums.items()}
         out.update(epoch=float(epoch), steps=float(steps), interactions=float(rows), items_encoded=float(encoded),
                    seconds=seconds, interactions_per_s=rows / max(seconds, 1e-9), **self.trainable_params)
-        if self.strategy.unfreezing is not None:  # the trainable set grows stage by stage
-            out["encoder_trainable_params"] = float(sum(
-                p.numel() for g in self.optimizer.param_groups if str(g.get("name", "")).startswith("encoder.")
-                and g["lr"] > 0 for p in g["params"] if p.requires_grad))
+        out.update(self.strategy.epoch_logs(self.optimizer))  # e.g. unfreezing: the trainable set grows
         log.info("epoch %d done: %d steps, %.1f s, %.0f interactions/s, loss %.4f", epoch, steps, seconds,
                  out["interactions_per_s"], out.get("loss", float("nan")))
         return out
@@ -417,3 +419,24 @@ class TwoTowerRecipe:
                 lineage={**self.data.lineage, "engine": {"name": self.engine_name, "reason": self.engine_reason}},
                 item_texts=list(self.data.item_texts),  # responses show them; metadata filters match them
             ))
+
+
+def run_epochs(recipe: TwoTowerRecipe, first_epoch: int, default_batches: Callable[[int], Iterable[dict]],
+               after_epoch: Callable[[int, dict, dict], None],
+               wrap: Callable[[int, Iterable[dict]], Iterable[dict]] | None = None) -> None:
+    """The epoch loop of every driver (``train_local``, the Ray Train worker), from ``first_epoch`` on.
+
+    Each epoch: stop when early stopping says so (checked first: a resumed run may have stopped already), train on
+    the strategy's batches (``default_batches(epoch)`` unless it samples its own), validate, then hand the epoch's
+    train logs and validation metrics to ``after_epoch(epoch, logs, metrics)``, where the driver records,
+    checkpoints and reports. ``wrap(epoch, batches)``: the Ray worker's test-only fault injection.
+    """
+    spec = recipe.spec
+    for epoch in range(first_epoch, spec.optim.epochs):
+        if recipe.should_stop:
+            log.info("early stopping before epoch %d: %s has not improved for %d epochs (best epoch %d)",
+                     epoch + 1, spec.early_stopping.metric, recipe.bad_epochs, recipe.best_epoch + 1)
+            break
+        batches = recipe.epoch_batches(epoch, default_batches(epoch))
+        logs = recipe.train_epoch(epoch, batches if wrap is None else wrap(epoch, batches))
+        after_epoch(epoch, logs, recipe.validate())

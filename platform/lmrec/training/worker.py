@@ -32,7 +32,7 @@ from ray.train import Checkpoint, CheckpointConsistencyMode
 from lmrec.config.train import TrainSpec
 from lmrec.training.checkpoint_manifest import CheckpointIntegrityError, verify_checkpoint, write_manifest
 from lmrec.training.fingerprint import CHECKPOINT_FILE, IdentityMismatch
-from lmrec.training.recipe import TwoTowerRecipe
+from lmrec.training.recipe import TwoTowerRecipe, run_epochs
 
 log = logging.getLogger(__name__)
 
@@ -254,22 +254,18 @@ def train_loop_per_worker(config: dict) -> dict | None:
     taken = _registered_names()
 
     shard = ray.train.get_dataset_shard("train")
-    epochs, batch_size = spec.optim.epochs, recipe.batch_size
+    epochs, fault = spec.optim.epochs, config.get("fault")
     metric = spec.early_stopping.metric
     last: dict = history[-1] if history else {}
-    for epoch in range(start_epoch, epochs):
-        # checked before the epoch too: a resumed run may have stopped early already
-        if recipe.should_stop:
-            log.info("early stopping before epoch %d: %s has not improved for %d epochs",
-                     epoch + 1, metric, recipe.bad_epochs)
-            break
-        batches = shard.iter_batches(
-            batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=config["shuffle_buffer"],
+
+    def shard_batches(epoch: int):
+        return shard.iter_batches(
+            batch_size=recipe.batch_size, batch_format="numpy", local_shuffle_buffer_size=config["shuffle_buffer"],
             local_shuffle_seed=spec.seed * 100_003 + epoch * 101 + rank,
         )
-        batches = recipe.epoch_batches(epoch, batches)  # a curriculum replaces the shard with its own sampler
-        train_metrics = recipe.train_epoch(epoch, _with_fault(batches, config.get("fault"), epoch, rank))
-        val_metrics = recipe.validate()
+
+    def after_epoch(epoch: int, train_metrics: dict, val_metrics: dict) -> None:
+        nonlocal last
         last = {**train_metrics, **val_metrics, "epoch": epoch, "resumed_at_epoch": start_epoch}
         history.append(last)
         if rank == 0:
@@ -278,14 +274,17 @@ def train_loop_per_worker(config: dict) -> dict | None:
                      train_metrics.get("loss", math.nan), shown, metric, val_metrics.get("best", math.nan),
                      int(val_metrics.get("best_epoch", -1)) + 1, " [resumed run]" if start_epoch else "")
         with tempfile.TemporaryDirectory(prefix="lmrec-ckpt-") as tmp:
-            _arm_checkpoint_fault(config.get("fault"), epoch, rank)
-            _save_sealed(recipe, tmp, history, config.get("fault"), epoch, rank, world_size,
-                         config.get("run_fingerprint"))
+            _arm_checkpoint_fault(fault, epoch, rank)
+            _save_sealed(recipe, tmp, history, fault, epoch, rank, world_size, config.get("run_fingerprint"))
             ray.train.report(
                 last,
                 checkpoint=Checkpoint.from_directory(tmp) if os.listdir(tmp) else None,
                 checkpoint_dir_name=_dir_name(epoch, taken),
             )
+
+    # a curriculum replaces the shard with its own sampler; the fault (tests only) wraps what is trained on
+    run_epochs(recipe, start_epoch, shard_batches, after_epoch,
+               wrap=lambda epoch, batches: _with_fault(batches, fault, epoch, rank))
 
     export_metrics = last
     best_epoch = recipe.best_epoch

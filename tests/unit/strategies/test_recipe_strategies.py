@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ from lmrec.config.base import load_spec
 from lmrec.config.train import TrainSpec
 from lmrec.data.schema import Dataset
 from lmrec.strategies.layer_sharing import num_layers
+from lmrec.strategies.spec import BUILTIN_STRATEGIES, strategy_class
 from lmrec.training.data import build_prepared
 from lmrec.training.local import train_local
 
@@ -71,10 +75,61 @@ def _encoder_state(model) -> dict:
     return {k: v.detach().clone() for k, v in model.encoder.state_dict().items()}
 
 
+# A strategy outside lmrec: one module, named by import path (the test puts its folder on sys.path).
+OPEN_STRATEGY = '''
+from pydantic import Field
+
+from lmrec.strategies.components import Strategy, StrategyHooks
+
+
+class Halved(Strategy):
+    factor: float = Field(0.5, gt=0, description="Factor on every group's LR.")
+
+    def check_job(self, job):
+        if job.tasks.click.weight == 0:
+            raise ValueError("halved needs the click task")
+
+    def attach(self, job, model, data, *, device, distributed=False):
+        return HalvedHooks(self.factor)
+
+
+class HalvedHooks(StrategyHooks):
+    def __init__(self, factor):
+        self.factor, self.calls = factor, []
+
+    def param_groups(self, default, model, lr_heads):
+        self.calls.append("param_groups")
+        return [{**g, "lr": g.get("lr", lr_heads) * self.factor} for g in default]
+
+    def on_epoch_start(self, optimizer, epoch):
+        self.calls.append(f"epoch {epoch}")
+        return False
+
+    def epoch_logs(self, optimizer):
+        return {"halved_lr": optimizer.param_groups[0]["lr"]}
+
+    def before_export(self, model):
+        self.calls.append("export")
+
+
+class NotAStrategy:
+    pass
+'''
+
+
+@pytest.fixture
+def open_strategy(tmp_path, monkeypatch) -> str:
+    """The module above, importable as ``open_strategy_probe``; returns the import path of its strategy."""
+    (tmp_path / "open_strategy_probe.py").write_text(textwrap.dedent(OPEN_STRATEGY), encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "open_strategy_probe:Halved"
+    sys.modules.pop("open_strategy_probe", None)
+
+
 # ---- the spec ----
-def test_strategy_section_is_a_closed_typed_set():
+def test_strategy_section_is_typed_and_strict():
     assert TrainSpec().strategy.name == "full"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="the built-in strategies are full, frozen, lora, .*'package.module:Class'"):
         TrainSpec.model_validate({"strategy": {"name": "lorra"}})
     with pytest.raises(ValueError):
         TrainSpec.model_validate({"strategy": {"name": "lora", "rnak": 8}})
@@ -82,6 +137,38 @@ def test_strategy_section_is_a_closed_typed_set():
         TrainSpec.model_validate({"strategy": {"name": "lora"}, "optim": {"lr_encoder": 0.0}})
     with pytest.raises(ValueError):
         TrainSpec.model_validate({"strategy": {"name": "distillation"}})  # teacher_artifact is required
+
+
+def test_builtins_are_one_table_of_one_module_each():
+    for name, path in BUILTIN_STRATEGIES.items():
+        cls = strategy_class(name)
+        assert f"{cls.__module__}:{cls.__qualname__}" == path
+        assert cls.__module__ == f"lmrec.strategies.transfer.{name}"
+        assert cls.model_fields["name"].annotation.__args__ == (name,)  # Literal[name]: the union's tag
+    schema = TrainSpec.model_json_schema()["properties"]["strategy"]
+    builtin, by_path = schema["anyOf"]
+    assert set(builtin["discriminator"]["mapping"]) == set(BUILTIN_STRATEGIES)
+    pattern = by_path["properties"]["name"]["pattern"]
+    assert re.match(pattern, "my_pkg.my_module:MyStrategy") and not re.match(pattern, "lorra")
+
+
+def test_a_strategy_named_by_import_path_validates_through_its_own_class(open_strategy):
+    spec = TrainSpec.model_validate({"strategy": {"name": open_strategy, "factor": 0.25}})
+    assert type(spec.strategy).__name__ == "Halved" and spec.strategy.factor == 0.25
+    dumped = spec.model_dump(mode="json")
+    assert dumped["strategy"] == {"name": open_strategy, "factor": 0.25}
+    assert TrainSpec.model_validate(dumped) == spec  # what the Ray workers receive
+    with pytest.raises(ValueError, match="strategy.fcator"):
+        TrainSpec.model_validate({"strategy": {"name": open_strategy, "fcator": 0.25}})
+    with pytest.raises(ValueError, match="greater than 0"):
+        TrainSpec.model_validate({"strategy": {"name": open_strategy, "factor": 0}})
+    with pytest.raises(ValueError, match="halved needs the click task"):  # its check_job
+        TrainSpec.model_validate({"strategy": {"name": open_strategy}, "tasks": {"click": {"weight": 0}}})
+    for name, message in [("open_strategy_probe:Nope", "has no 'Nope'"),
+                          ("open_strategy_probe:NotAStrategy", "not a subclass of lmrec.strategies.components"),
+                          ("no_such_package.module:Thing", "cannot import module 'no_such_package.module'")]:
+        with pytest.raises(ValueError, match=message):
+            TrainSpec.model_validate({"strategy": {"name": name}})
 
 
 def test_every_strategy_job_spec_validates_and_says_how_to_run_it():
@@ -103,7 +190,7 @@ def test_frozen_run_never_changes_the_encoder():
     before = _encoder_state(res.recipe.model)
     res2 = train_local(spec.model_copy(update={"optim": spec.optim.model_copy(update={"epochs": 2})}), data,
                        device="cpu")
-    assert res.recipe.strategy.encoder_count.trainable == 0
+    assert res.recipe.trainable_params["encoder_trainable_params"] == 0
     assert res2.epochs[-1]["items_encoded"] == 0
     for k, v in _encoder_state(res2.recipe.model).items():
         torch.testing.assert_close(v, before[k])  # same seed, same init, never trained
@@ -115,8 +202,8 @@ def test_lora_run_trains_adapters_only_and_exports_a_plain_encoder(tmp_path):
     spec = tiny_spec({"name": "lora", "rank": 4, "alpha": 8.0})
     data = tiny_data(spec)
     res = train_local(spec, data, device="cpu", artifact_dir=tmp_path / "art")
-    count = res.recipe.strategy.encoder_count
-    assert count.trainable == 2 * 2 * 4 * (32 + 32)  # 2 layers x (query, value) x r x (in + out)
+    trainable = res.recipe.trainable_params["encoder_trainable_params"]
+    assert trainable == 2 * 2 * 4 * (32 + 32)  # 2 layers x (query, value) x r x (in + out)
     assert res.epochs[0]["items_encoded"] > 0
     art = load_artifact(tmp_path / "art")
     assert not any("lora" in k for k in art.model.state_dict())
@@ -185,3 +272,14 @@ def test_meta_learning_run_uses_its_own_loop_and_reports_cold_users():
     assert len(res.history) == 2
     assert res.metrics["cold_users"] == 6
     assert 0 <= res.metrics["ndcg@10_k1"] <= 1 and np.isfinite(res.metrics["rmse_k3"])
+
+
+def test_a_strategy_named_by_import_path_runs_its_hooks(open_strategy, tmp_path):
+    from lmrec.artifacts.two_tower import load_artifact
+
+    spec = tiny_spec({"name": open_strategy, "factor": 0.25}, optim={"epochs": 2})
+    res = train_local(spec, tiny_data(spec), device="cpu", artifact_dir=tmp_path / "art")
+    assert res.recipe.strategy.calls == ["param_groups", "epoch 0", "epoch 1", "export"]
+    assert [e["halved_lr"] for e in res.epochs] == pytest.approx([0.25 * spec.optim.lr_heads] * 2)
+    art = load_artifact(tmp_path / "art")
+    assert art.manifest["config"]["strategy"] == {"name": open_strategy, "factor": 0.25}
