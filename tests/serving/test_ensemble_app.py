@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from lmrec.serving.app import EnsembleWeights, ServeAppArgs, build_bare_app, resolve_ensemble
-from lmrec.serving.ensemble import fuse_scores
+from lmrec.strategies.fusion import fuse_scores
 from lmrec.strategies.ensemble import FusedEnsemble
 from lmrec.artifacts.ensemble import member_manifest_sha256, save_ensemble_artifact
 
@@ -32,6 +32,7 @@ def test_args_take_members_and_weights_from_the_artifact(ensemble_dir, serving_a
     assert resolved.two_tower_artifact == str(serving_artifacts["v1"].resolve())
     assert resolved.mf_artifact == str(serving_artifacts["mf"].resolve())
     assert resolved.weights == EnsembleWeights(**WEIGHTS)  # the ranking weights
+    assert resolved.served_rating_weights() == {"two_tower": 0.4, "mf": 0.6}  # /predict's: the fitted ones
     assert resolved.ensemble_artifact is None and resolved.max_body_bytes == 4096
     plain = ServeAppArgs(two_tower_artifact="tt")
     assert resolve_ensemble(plain) is plain
@@ -40,6 +41,7 @@ def test_args_take_members_and_weights_from_the_artifact(ensemble_dir, serving_a
 @pytest.mark.parametrize("extra, clash", [
     ({"weights": {"two_tower": 1.0, "mf": 0.0}}, "weights"),
     ({"two_tower_artifact": "tt", "mf_artifact": "mf"}, "mf_artifact, two_tower_artifact"),
+    ({"rating_weights": {"two_tower": 1.0}}, "rating_weights"),
 ])
 def test_explicit_members_or_weights_conflict_with_an_ensemble(extra, clash):
     with pytest.raises(ValidationError, match=f"ensemble_artifact names the members and their weights: remove {clash}"):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lmrec.artifacts.manifest import ArtifactError
-from lmrec.serving.ensemble import fuse_scores, top_k, zscore
+from lmrec.strategies.fusion import fuse_scores, top_k, zscore
 from lmrec.serving.members import MFMember
 from lmrec.artifacts.tables import IdMap
 
@@ -143,17 +143,16 @@ def test_catalog_is_polled_not_called_per_request(serving_artifacts):
     import asyncio
 
     from lmrec.serving.api import AddItemRequest, RecommendRequest, ServingError
-    from lmrec.serving.app import LocalHandle, _LocalEncoder, _LocalMember
+    from lmrec.serving.app import LocalHandle, _LocalEncoder, local_member
     from lmrec.serving.encoder_service import TextEncoderCore
-    from lmrec.serving.ensemble import EnsembleRouter
     from lmrec.serving.members import MFMember, TwoTowerMember
+    from lmrec.serving.router import EnsembleRouter
 
     v1 = serving_artifacts["v1"]
-    tt = LocalHandle(_LocalMember(TwoTowerMember(v1)))
-    mf = LocalHandle(_LocalMember(MFMember(serving_artifacts["mf"])))
+    members = {"two_tower": local_member(TwoTowerMember(v1)), "mf": local_member(MFMember(serving_artifacts["mf"]))}
     enc = LocalHandle(_LocalEncoder(TextEncoderCore(v1)))
     catalog = _CountingCatalog()
-    a, b = (EnsembleRouter(tt, mf, enc, LocalHandle(catalog), {"two_tower": 0.7, "mf": 0.3}, catalog_poll_s=1.0)
+    a, b = (EnsembleRouter(members, enc, LocalHandle(catalog), {"two_tower": 0.7, "mf": 0.3}, catalog_poll_s=1.0)
             for _ in range(2))
     user = int(serving_artifacts["data"].user_ids[0])
 
@@ -166,7 +165,7 @@ def test_catalog_is_polled_not_called_per_request(serving_artifacts):
         await asyncio.sleep(0.05)  # ... which ends before the item exists
         await a.add_item(AddItemRequest(item_id=900002, text="A heist comedy set on a space station. Genres: Comedy."))
         before = catalog.since_calls
-        b_new_before = len(b.new_ids)
+        b_new_before = len(b.added)
         only_new = RecommendRequest(user_id=user, k=1, candidate_item_ids=[900002])
         got_a = await a.recommend(only_new)
         got_b = await b.recommend(only_new)  # b had not seen the item: it looks once, then answers
@@ -210,13 +209,16 @@ def test_recommend_scores_from_local_tables_and_follows_a_swap(serving_artifacts
     from lmrec.serving.api import RecommendRequest
     from lmrec.serving.app import LocalHandle
     from lmrec.serving.catalog import ItemCatalogCore
-    from lmrec.serving.ensemble import EnsembleRouter
     from lmrec.serving.members import TwoTowerMember
+    from lmrec.serving.protocol import Member
+    from lmrec.serving.router import EnsembleRouter
 
     tt = _CountingMember(TwoTowerMember(serving_artifacts["v1"]))
     mf = _CountingMember(MFMember(serving_artifacts["mf"]))
-    router = EnsembleRouter(LocalHandle(tt), LocalHandle(mf), None, LocalHandle(ItemCatalogCore()),
-                            {"two_tower": 0.7, "mf": 0.3}, catalog_poll_s=0.3)
+    members = {"two_tower": Member(LocalHandle(tt), TwoTowerMember.capabilities),
+               "mf": Member(LocalHandle(mf), MFMember.capabilities)}
+    router = EnsembleRouter(members, None, LocalHandle(ItemCatalogCore()), {"two_tower": 0.7, "mf": 0.3},
+                            catalog_poll_s=0.3)
     users = [int(u) for u in serving_artifacts["data"].user_ids[:30]]
     # the tables hold the members' arithmetic: MF's global mean + biases + factors, the two-tower's index
     art = load_artifact(serving_artifacts["v1"])

@@ -68,15 +68,14 @@ def test_artifact_refuses_tampering_and_other_models(serving_artifacts, tmp_path
 
 
 def _router(serving_artifacts, names, weights):
-    from lmrec.serving.app import LocalHandle, _LocalMember
+    from lmrec.serving.app import LocalHandle, local_member
     from lmrec.serving.catalog import ItemCatalogCore
-    from lmrec.serving.ensemble import EnsembleRouter
     from lmrec.serving.members import MFMember, TwoTowerMember
+    from lmrec.serving.router import EnsembleRouter
 
-    cls = {"mf": MFMember, "ease": ItemItemMember, "item_knn": ItemItemMember}
-    members = {m: LocalHandle(_LocalMember(cls[m](serving_artifacts[m]))) for m in names if m != "two_tower"}
-    tt = LocalHandle(_LocalMember(TwoTowerMember(serving_artifacts["v1"])))
-    return EnsembleRouter(tt, members, None, LocalHandle(ItemCatalogCore()), weights)
+    cls = {"two_tower": TwoTowerMember, "mf": MFMember, "ease": ItemItemMember, "item_knn": ItemItemMember}
+    members = {m: local_member(cls[m](serving_artifacts["v1" if m == "two_tower" else m])) for m in names}
+    return EnsembleRouter(members, None, LocalHandle(ItemCatalogCore()), weights)
 
 
 @pytest.mark.parametrize("names", [("two_tower", "mf", "ease"), ("two_tower", "ease", "item_knn")])
@@ -104,12 +103,12 @@ def test_router_and_offline_fusion_give_the_same_top_k(serving_artifacts, offlin
 
 
 def test_fusion_is_one_function_offline_and_served():
-    from lmrec.serving import ensemble as served
+    from lmrec.serving import router as served
     from lmrec.strategies import ensemble as offline
     from lmrec.strategies import fusion
 
-    assert served.fuse_scores is fusion.fuse_scores is offline.fuse
-    assert served.zscore is fusion.zscore is offline.zscore_rows and served.top_k is fusion.top_k
+    assert served.fuse_scores is fusion.fuse_scores is offline.fuse and served.top_k is fusion.top_k
+    assert fusion.zscore is offline.zscore_rows
     rng = np.random.default_rng(0)
     scores = {"a": rng.normal(size=(4, 9)), "b": rng.normal(size=(4, 9)) * 100, "c": None}
     mask = rng.random((4, 9)) < 0.7
@@ -178,3 +177,64 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_router_knows_members_by_capability_not_by_name(serving_artifacts):
+    """The router's code names no member, and members under other names (the text member last) answer exactly as
+    under the usual ones: /recommend with explanations, /predict and cold start."""
+    import ast
+    import inspect
+
+    from lmrec.serving import router as router_module
+    from lmrec.serving.api import ColdStartRequest, PredictRequest, RecommendRequest
+    from lmrec.serving.app import LocalHandle, local_member
+    from lmrec.serving.catalog import ItemCatalogCore
+    from lmrec.serving.members import MFMember, TwoTowerMember
+    from lmrec.serving.router import EnsembleRouter
+
+    tree = ast.parse(inspect.getsource(router_module))
+    words = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    words |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    words |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    assert not words & {"two_tower", "TWO_TOWER", "tt", "mf", "ease", "item_knn", "knn"}
+
+    usual = _router(serving_artifacts, tuple(WEIGHTS), WEIGHTS)
+    alias = {"two_tower": "tower", "mf": "factors", "ease": "neighbours"}
+    members = {"factors": local_member(MFMember(serving_artifacts["mf"])),
+               "neighbours": local_member(ItemItemMember(serving_artifacts["ease"])),
+               "tower": local_member(TwoTowerMember(serving_artifacts["v1"]))}
+    renamed = EnsembleRouter(members, None, LocalHandle(ItemCatalogCore()), {alias[m]: w for m, w in WEIGHTS.items()})
+    data = serving_artifacts["data"]
+    user, items = data.user_ids[0], list(data.item_ids[:7])
+    asks = [("recommend", RecommendRequest(user_id=user, k=6, explain=True)),
+            ("predict", PredictRequest(user_id=user, item_ids=items)),
+            ("cold_start", ColdStartRequest(ratings=[{"item_id": items[1], "rating": 5},
+                                                     {"item_id": items[4], "rating": 2}], k=5))]
+
+    async def ask(router):
+        return [await getattr(router, method)(req) for method, req in asks]
+
+    def renamed_back(value):
+        if isinstance(value, dict):
+            back = {v: k for k, v in alias.items()}
+            return {back.get(k, k): renamed_back(v) for k, v in value.items()}
+        return [renamed_back(v) for v in value] if isinstance(value, list) else value
+
+    want, got = asyncio.run(ask(usual)), asyncio.run(ask(renamed))
+    assert renamed_back(got) == want
+    assert set(got[1]["predictions"][0]["member_ratings"]) == {"tower", "factors"}  # EASE rates nothing
+
+
+def test_per_version_caches_are_bounded():
+    from lmrec.serving.spaces import ItemSpaces, Recent
+
+    recent = Recent(2)
+    recent.put("a", 1)
+    recent.put("b", 2)
+    assert recent.get("a") == 1  # "a" is now the most recently used
+    recent.put("c", 3)
+    assert "b" not in recent and recent.get("a") == 1 and recent.get("c") == 3 and len(recent) == 2
+    spaces = ItemSpaces(versions=3)
+    for version in range(10):  # ten hot swaps
+        spaces.add(f"sha{version}", [1, 2, 3], None)
+    assert len(spaces.maps) == 3 and spaces.known(2) and "sha9" in spaces.maps and "sha6" not in spaces.maps

@@ -1,5 +1,6 @@
 """A served three-member ensemble (two-tower + MF + EASE) through real Ray Serve on 127.0.0.1: /recommend ranks as
-the offline fusion of the same member artifacts and weights, and the EASE member hot-swaps like the others.
+the offline fusion of the same member artifacts and weights, /predict rates as the offline members and ensemble
+(clamped: the two-tower and MF are ``narrow_artifacts``), and the EASE member hot-swaps like the others.
 
 Its own Ray + Serve instance (the config of serve/recommender.yaml with an EASE member added); ~40 s on 2 cores.
 """
@@ -21,7 +22,7 @@ WEIGHTS = {"two_tower": 0.3, "mf": 0.2, "ease": 0.5}
 
 
 @pytest.fixture(scope="module")
-def service(serving_artifacts, tmp_path_factory):
+def service(serving_artifacts, narrow_artifacts, tmp_path_factory):
     os.environ["RAY_AUTH_MODE"] = "disabled"  # local test cluster: no token file, no auth prompts
     import ray
     from ray import serve
@@ -32,8 +33,9 @@ def service(serving_artifacts, tmp_path_factory):
     port = _free_port()
     raw["http_options"] = {**raw["http_options"], "port": port}
     app = raw["applications"][0]
-    app["args"].update(two_tower_artifact=str(serving_artifacts["v1"]), mf_artifact=str(serving_artifacts["mf"]),
-                       ease_artifact=str(serving_artifacts["ease"]), weights=WEIGHTS)
+    members = {**serving_artifacts, "v1": narrow_artifacts["two_tower"], "mf": narrow_artifacts["mf"]}
+    app["args"].update(two_tower_artifact=str(members["v1"]), mf_artifact=str(members["mf"]),
+                       ease_artifact=str(members["ease"]), weights=WEIGHTS)
     for d in app["deployments"]:
         if "autoscaling_config" in d:
             d["autoscaling_config"] = {**d["autoscaling_config"], "max_replicas": 1}
@@ -42,7 +44,7 @@ def service(serving_artifacts, tmp_path_factory):
     ray.init(num_cpus=2, include_dashboard=False, namespace="serve3", log_to_driver=False)
     try:
         assert main_serve(str(path), detach=True) == 0
-        yield {"url": f"http://127.0.0.1:{port}", "raw": raw, **serving_artifacts}
+        yield {"url": f"http://127.0.0.1:{port}", "raw": raw, "range": narrow_artifacts["range"], **members}
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -65,6 +67,32 @@ def test_recommend_equals_the_offline_fusion_of_the_same_artifacts(service, offl
         assert [i["item_id"] for i in got] == [int(data.item_ids[i]) for i in top_k(row, 10)], f"user {u}"
         np.testing.assert_allclose([i["score"] for i in got], np.sort(row)[::-1][:10], rtol=1e-4, atol=1e-5)
         assert all(i["member_scores"]["ease"] is not None for i in got)
+
+
+def test_predict_equals_the_offline_members(service, offline_ensemble):
+    """Offline = served through real Serve (``test_parity.py`` checks every kind in-process): each rating member's
+    /predict rating is its offline recommender's clamped ``predict``, the blend the offline ensemble's with the
+    same weights (Serve's default rating weights are the fusion weights); EASE only ranks."""
+    data = service["data"]
+    raters = {m: WEIGHTS[m] for m in ("two_tower", "mf")}
+    ens = offline_ensemble(service, tuple(raters), raters, rating_weights=raters)
+    items = np.arange(data.n_items)
+    at_bounds = 0
+    for u in range(0, data.n_users, 6):
+        body = {"user_id": int(data.user_ids[u]), "item_ids": [int(data.item_ids[i]) for i in items]}
+        r = requests.post(service["url"] + "/predict", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        preds = r.json()["predictions"]
+        assert set(preds[0]["member_ratings"]) == set(raters)
+        users = np.full(len(items), u)
+        for m, rec in ens.members.items():
+            offline = rec.predict(users, items)
+            # replicas compute their tables with one torch thread, this process with more: float32 rounding apart
+            np.testing.assert_allclose([p["member_ratings"][m] for p in preds], offline, rtol=1e-6, atol=1e-6)
+            lo, hi = service["range"][m]
+            at_bounds += int(((offline == np.float32(lo)) | (offline == np.float32(hi))).sum())
+        np.testing.assert_allclose([p["rating"] for p in preds], ens.predict(users, items), rtol=1e-6, atol=1e-6)
+    assert at_bounds > data.n_items  # the clamp binds for many pairs, offline and served
 
 
 def test_cold_start_folds_the_user_into_ease(service):

@@ -234,7 +234,7 @@ def _with_id(answer: dict) -> dict:
 
 def build_api(router, max_body_bytes: int = 65536, title: str = "lmrec recommendation service",
               tokens: Tokens | None = None) -> FastAPI:
-    """The FastAPI app over an ``EnsembleRouter`` (``lmrec.serving.ensemble``).
+    """The FastAPI app over an ``EnsembleRouter`` (``lmrec.serving.router``).
 
     ``tokens``: the bearer tokens (``lmrec.serving.auth``); None or no write token: writes are refused (403).
     Request counts go to ``router.metrics`` when it has one (``lmrec.serving.metrics``).

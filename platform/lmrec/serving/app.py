@@ -20,6 +20,9 @@ requests, but slower). ``build_bare_app`` builds the same routes over in-process
 
 ``ensemble_artifact`` (written by ``lmrec ensemble``) names the member artifacts and the fusion weights fitted on
 validation in one verified artifact; the builders resolve it into the same members and weights (``resolve_ensemble``).
+
+This module is where member names meet member kinds: each name's deployment (or, in the bare app, member class)
+carries its kind's ``Capabilities``, and the router (``lmrec.serving.router``) routes by those alone.
 """
 
 # No "from __future__ import annotations": Serve reads build_app's annotation with inspect.signature to validate
@@ -42,6 +45,13 @@ class EnsembleWeights(StrictModel):
     ease: float = Field(0.0, ge=0, description="Weight of the EASE member's z-scored scores (needs ease_artifact).")
     item_knn: float = Field(
         0.0, ge=0, description="Weight of the item-kNN member's z-scored scores (needs item_knn_artifact).")
+
+
+class RatingWeights(StrictModel):
+    """/predict's blend: one weight per member kind that predicts ratings (EASE and item-kNN only rank)."""
+
+    two_tower: float = Field(0.7, ge=0, description="Weight of the two-tower's predicted rating.")
+    mf: float = Field(0.3, ge=0, description="Weight of the MF member's predicted rating (ignored without MF).")
 
 
 def artifact_arg(member: str) -> str:
@@ -67,10 +77,15 @@ class ServeAppArgs(StrictModel):
                           "storage URI."
     )
     weights: EnsembleWeights = Field(default_factory=EnsembleWeights, description="Fusion weights per member.")
+    rating_weights: RatingWeights | None = Field(
+        None, description="Weights of /predict's blend of the members' predicted ratings. Null: the fusion weights "
+                          "of the members that predict ratings. An ensemble_artifact sets its fitted ones."
+    )
     ensemble_artifact: str | None = Field(
         None, description="Ensemble artifact (`lmrec ensemble`): a folder or a storage URI. It names the member "
                           "artifacts and their fusion weights, so it replaces two_tower_artifact, the other members' "
-                          "*_artifact and weights; Serve uses its ranking weights for /recommend and /predict alike."
+                          "*_artifact, weights and rating_weights; Serve fuses /recommend with its ranking weights "
+                          "and blends /predict with its rating weights."
     )
     max_body_bytes: int = Field(65536, ge=1024, le=16 * 2**20, description="Larger request bodies get 413.")
     liked_threshold: float = Field(4.0, description="Ratings at or above this count as liked (explanations).")
@@ -78,7 +93,7 @@ class ServeAppArgs(StrictModel):
     @model_validator(mode="after")
     def _members(self) -> "ServeAppArgs":
         if self.ensemble_artifact is not None:
-            named = {"two_tower_artifact", "weights", *map(artifact_arg, COLLABORATIVE)}
+            named = {"two_tower_artifact", "weights", "rating_weights", *map(artifact_arg, COLLABORATIVE)}
             clash = sorted(named & self.model_fields_set)
             if clash:
                 raise ValueError(f"ensemble_artifact names the members and their weights: remove {', '.join(clash)} "
@@ -86,8 +101,9 @@ class ServeAppArgs(StrictModel):
             return self
         if self.two_tower_artifact is None:
             raise ValueError("two_tower_artifact is required (or set ensemble_artifact)")
-        missing = sorted(m for m in COLLABORATIVE if m in self.weights.model_fields_set
-                         and getattr(self.weights, m) > 0 and self.artifact(m) is None)
+        given = [w for w in (self.weights, self.rating_weights) if w is not None]
+        missing = sorted({m for m in COLLABORATIVE for w in given
+                          if m in w.model_fields_set and getattr(w, m) > 0 and self.artifact(m) is None})
         if missing:
             raise ValueError(f"weights for {', '.join(missing)} but no {', '.join(map(artifact_arg, missing))}: a "
                              f"member is weighted only when it has an artifact")
@@ -103,13 +119,18 @@ class ServeAppArgs(StrictModel):
         """The weights of the members that have an artifact (what the ingress fuses), two_tower first."""
         return {m: w for m, w in self.weights.model_dump().items() if self.artifact(m) is not None}
 
+    def served_rating_weights(self) -> dict[str, float]:
+        """``rating_weights`` (default: the fusion weights) of the members that have an artifact."""
+        weights = self.rating_weights if self.rating_weights is not None else self.weights
+        return {m: w for m, w in weights.model_dump().items() if self.artifact(m) is not None}
+
 
 def resolve_ensemble(args: ServeAppArgs) -> ServeAppArgs:
     """``args`` with the members and weights of its ``ensemble_artifact`` in place of it; other args unchanged.
 
     The ensemble artifact's manifest is verified (sha256 of ensemble.json), its member locations must be absolute
-    or URIs without traversal, and each member's manifest must be the one the weights were fitted for. Its JSON has
-    ranking and rating weights; the ingress has one weights dict, so the ranking weights fuse every route.
+    or URIs without traversal, and each member's manifest must be the one the weights were fitted for. Its ranking
+    weights fuse /recommend and cold start, its rating weights blend /predict (members it gives none: 0).
     """
     if args.ensemble_artifact is None:
         return args
@@ -120,9 +141,14 @@ def resolve_ensemble(args: ServeAppArgs) -> ServeAppArgs:
     if "two_tower" not in ens.members or not set(ens.members) <= set(served):
         raise ValueError(f"{args.ensemble_artifact}: members {sorted(ens.members)}; Serve needs two_tower and "
                          f"fuses only {', '.join(sorted(served))}")
+    unrated = sorted(m for m, w in ens.rating_weights.items() if w > 0 and m not in RatingWeights.model_fields)
+    if unrated:
+        raise ValueError(f"{args.ensemble_artifact}: rating weights for {', '.join(unrated)}, which Serve cannot "
+                         f"rate with (it blends {', '.join(RatingWeights.model_fields)})")
     return ServeAppArgs(
         **{artifact_arg(m): ens.members.get(m) for m in served},
         weights=EnsembleWeights(**{m: ens.weights.get(m, 0.0) for m in served}),
+        rating_weights=RatingWeights(**{m: ens.rating_weights.get(m, 0.0) for m in RatingWeights.model_fields}),
         max_body_bytes=args.max_body_bytes, liked_threshold=args.liked_threshold,
     )
 
@@ -144,19 +170,18 @@ def build_app(args: ServeAppArgs):
     from lmrec.serving.encoder_service import TextEncoderService
     from lmrec.serving.ensemble import EnsembleIngress
     from lmrec.serving.catalog import ItemCatalog
-    from lmrec.serving.scorers import MEMBER_DEPLOYMENTS, TwoTowerScorer
+    from lmrec.serving.scorers import MEMBER_DEPLOYMENTS, TwoTowerScorer, bound_member
     from lmrec.storage import normalize
 
     args = resolve_ensemble(ServeAppArgs.model_validate(args) if not isinstance(args, ServeAppArgs) else args)
     check_artifacts(args)
-    tt_config = {"artifact_dir": normalize(args.two_tower_artifact)}
-    two_tower = TwoTowerScorer.options(user_config=tt_config).bind()
-    encoder = TextEncoderService.options(user_config=tt_config).bind()
-    # Serve finds the bound deployments nested in the dict and hands the ingress a DeploymentHandle for each
-    members = {m: MEMBER_DEPLOYMENTS[m].options(user_config={"artifact_dir": normalize(args.artifact(m))}).bind()
-               for m in COLLABORATIVE if args.artifact(m) is not None}
-    return EnsembleIngress.bind(two_tower, members, encoder, ItemCatalog.bind(), args.served_weights(),
-                                args.max_body_bytes, args.liked_threshold)
+    deployments = {"two_tower": TwoTowerScorer, **MEMBER_DEPLOYMENTS}
+    # Serve finds the bound deployments nested in the members and hands the ingress a DeploymentHandle for each
+    members = {m: bound_member(deployments[m], normalize(args.artifact(m)))
+               for m in ("two_tower", *COLLABORATIVE) if args.artifact(m) is not None}
+    encoder = TextEncoderService.options(user_config={"artifact_dir": normalize(args.two_tower_artifact)}).bind()
+    return EnsembleIngress.bind(members, encoder, ItemCatalog.bind(), args.served_weights(),
+                                args.served_rating_weights(), args.max_body_bytes, args.liked_threshold)
 
 
 class LocalHandle:
@@ -204,6 +229,13 @@ class _LocalMember:
         return self.member.sha256, self.member.table.item_texts
 
 
+def local_member(member):
+    """A ``Member`` of the router over an in-process member object (``lmrec.serving.members``)."""
+    from lmrec.serving.protocol import Member
+
+    return Member(LocalHandle(_LocalMember(member)), member.capabilities)
+
+
 class _LocalEncoder:
     """The encoder-service surface without micro-batching: one forward pass per text."""
 
@@ -222,22 +254,22 @@ def build_bare_app(args: ServeAppArgs, tokens=None):
 
     ``tokens``: ``lmrec.serving.auth.Tokens`` (default: from this process's environment, as a replica does)."""
     from lmrec.serving.api import build_api
-    from lmrec.serving.encoder_service import TextEncoderCore
-    from lmrec.serving.ensemble import EnsembleRouter
-    from lmrec.serving.members import ItemItemMember, MFMember, TwoTowerMember
     from lmrec.serving.auth import Tokens
     from lmrec.serving.catalog import ItemCatalogCore
+    from lmrec.serving.encoder_service import TextEncoderCore
+    from lmrec.serving.members import ItemItemMember, MFMember, TwoTowerMember
     from lmrec.serving.metrics import ServiceMetrics
+    from lmrec.serving.router import EnsembleRouter
 
     args = resolve_ensemble(ServeAppArgs.model_validate(args) if not isinstance(args, ServeAppArgs) else args)
     check_artifacts(args)
-    member_cls = {"mf": MFMember, "ease": ItemItemMember, "item_knn": ItemItemMember}
-    members = {m: LocalHandle(_LocalMember(member_cls[m](args.artifact(m))))
-               for m in COLLABORATIVE if args.artifact(m) is not None}
+    member_cls = {"two_tower": TwoTowerMember, "mf": MFMember, "ease": ItemItemMember, "item_knn": ItemItemMember}
+    members = {m: local_member(member_cls[m](args.artifact(m)))
+               for m in ("two_tower", *COLLABORATIVE) if args.artifact(m) is not None}
     router = EnsembleRouter(
-        LocalHandle(_LocalMember(TwoTowerMember(args.two_tower_artifact))), members,
-        LocalHandle(_LocalEncoder(TextEncoderCore(args.two_tower_artifact))), LocalHandle(ItemCatalogCore()),
-        args.served_weights(), liked_threshold=args.liked_threshold, metrics=ServiceMetrics(prometheus=False),
+        members, LocalHandle(_LocalEncoder(TextEncoderCore(args.two_tower_artifact))), LocalHandle(ItemCatalogCore()),
+        args.served_weights(), args.served_rating_weights(), liked_threshold=args.liked_threshold,
+        metrics=ServiceMetrics(prometheus=False),
     )
     return build_api(router, args.max_body_bytes, title="lmrec recommendation service (bare, single process)",
                      tokens=tokens if tokens is not None else Tokens.from_env())

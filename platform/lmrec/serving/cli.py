@@ -167,7 +167,8 @@ def artifacts_config(artifacts: list[str], weights: dict[str, float] | None = No
         raw["http_options"] = {**raw.get("http_options", {}), "port": port}
     app = raw["applications"][0]
     kept = {k: v for k, v in (app.get("args") or {}).items()
-            if k not in {"weights", "ensemble_artifact", *map(artifact_arg, ("two_tower", *COLLABORATIVE))}}
+            if k not in {"weights", "rating_weights", "ensemble_artifact",
+                         *map(artifact_arg, ("two_tower", *COLLABORATIVE))}}
     if "ensemble" in by_member:
         app["args"] = {"ensemble_artifact": by_member["ensemble"], **kept}
         served = {"TwoTowerScorer", "TextEncoderService", *(d.name for d in MEMBER_DEPLOYMENTS.values())}

@@ -16,7 +16,7 @@ import torch
 
 from lmrec.artifacts.tables import IdMap, ScoreTable, csr_from_padded
 from lmrec.artifacts.manifest import sha256_file
-from lmrec.serving.protocol import VersionSkew
+from lmrec.serving.protocol import Capabilities, VersionSkew
 from lmrec.storage import local_artifact
 
 
@@ -34,6 +34,8 @@ def _info(kind: str, root: Path, manifest: dict, name: str, sha: str) -> dict:
 class TwoTowerMember:
     """The encoder two-tower, served from its precomputed tables (no encoder pass per request)."""
 
+    capabilities = Capabilities(texts=True, rates=True)
+
     def __init__(self, artifact_dir: str | Path) -> None:
         from lmrec.artifacts.two_tower import load_artifact
 
@@ -50,6 +52,10 @@ class TwoTowerMember:
         self.user_bias = self.model.user_bias.weight[:, 0].detach().numpy()
         self.global_mean = float(self.model.global_mean)
         self.history = self.model.history.numpy()
+        # ratings of artifact items come from the offline recommender itself (evaluation's numbers, clamped to the
+        # training ratings' range); the same clamp bounds the text-only ratings of run-time items
+        self.recommender = art.recommender
+        self.rating_range = tuple(self.model.rating_range.cpu().tolist())
         self.interest_head = self.model.ranking_head == "interest"
         self.users = IdMap(art.user_ids)
         self.item_ids = list(art.item_ids)
@@ -105,14 +111,22 @@ class TwoTowerMember:
         return out | {"scores": np.concatenate([out["scores"], extra])}
 
     def predict(self, user_id, item_idx: np.ndarray, extra_hidden=None, encoder_sha=None) -> dict:
-        """Ratings (rating head) for items in the combined index space; ``ratings`` is None for an unknown user."""
+        """Ratings (rating head, clamped to the training ratings' range) for items in the combined index space;
+        ``ratings`` is None for an unknown user."""
         u = self.users.index(user_id)
         if u is None:
             return {"sha256": self.sha256, "ratings": None}
-        item_vec, item_bias, _, _ = self._tables(extra_hidden, encoder_sha)
         i = np.asarray(item_idx, dtype=np.int64)
-        return {"sha256": self.sha256,
-                "ratings": self.global_mean + self.user_bias[u] + item_bias[i] + item_vec[i] @ self.user_vec[u]}
+        known = i < len(self.item_ids)
+        out = np.empty(len(i), dtype=np.float32)
+        if known.any():
+            out[known] = self.recommender.predict(np.full(int(known.sum()), u), i[known])
+        if not known.all():
+            item_vec, item_bias, _, _ = self._tables(extra_hidden, encoder_sha)
+            new = i[~known]
+            raw = self.global_mean + self.user_bias[u] + item_bias[new] + item_vec[new] @ self.user_vec[u]
+            out[~known] = np.clip(raw, *self.rating_range)
+        return {"sha256": self.sha256, "ratings": out}
 
     @torch.no_grad()
     def cold_user(self, item_idx: np.ndarray, profile_hidden: np.ndarray | None, extra_hidden=None,
@@ -176,6 +190,8 @@ class TwoTowerMember:
 class MFMember:
     """Biased matrix factorisation over an MF artifact (``lmrec.artifacts.mf``)."""
 
+    capabilities = Capabilities(rates=True)
+
     def __init__(self, artifact_dir: str | Path, fold_in_l2: float = 0.1) -> None:
         from lmrec.artifacts.mf import load_mf_artifact
 
@@ -188,8 +204,13 @@ class MFMember:
         self.info = _info("mf", root, self.art.manifest, self.art.manifest.get("name", "mf"), self.sha256) | {
             "n_users": len(self.users), "n_items": len(self.item_ids)}
         a = self.art
-        self.table = ScoreTable(self.sha256, list(a.user_ids), self.item_ids, a.user_factors, a.item_factors,
-                                a.item_bias, a.global_mean + a.user_bias.astype(np.float64), a.seen_indptr,
+        self.recommender = a.recommender  # predict: the offline recommender's own (clamped) ratings
+        # a user without training rows scores as the offline recommender scores them: no user factors or bias
+        trained = (np.diff(a.seen_indptr) > 0)
+        user_factors = a.user_factors if trained.all() else a.user_factors * trained[:, None]
+        user_bias = a.user_bias.astype(np.float64) * trained
+        self.table = ScoreTable(self.sha256, list(a.user_ids), self.item_ids, user_factors, a.item_factors,
+                                a.item_bias, a.global_mean + user_bias, a.seen_indptr,
                                 a.seen_items, a.seen_ratings, list(a.item_texts))
 
     def _scores(self, bias: float, factors: np.ndarray) -> np.ndarray:
@@ -202,10 +223,12 @@ class MFMember:
         return self.table.user_scores(user_id)
 
     def predict(self, user_id, item_idx: np.ndarray) -> dict:
+        """Ratings of artifact items, clamped to the training ratings' range; ``ratings`` None if unknown."""
         u = self.users.index(user_id)
         if u is None:
             return {"sha256": self.sha256, "ratings": None}
-        return {"sha256": self.sha256, "ratings": self.table.scores(u)[np.asarray(item_idx, dtype=np.int64)]}
+        i = np.asarray(item_idx, dtype=np.int64)
+        return {"sha256": self.sha256, "ratings": self.recommender.predict(np.full(len(i), u), i)}
 
     def fold_in(self, item_idx: np.ndarray, ratings: np.ndarray) -> dict:
         """A new user's bias and factors by ridge regression on the item side held fixed (no retraining)."""
@@ -223,6 +246,8 @@ class MFMember:
 
 class ItemItemMember:
     """EASE or item-kNN over an item-item artifact (``lmrec.artifacts.item_item``): history row times W."""
+
+    capabilities = Capabilities()  # ranks known users and folds in cold ones; predicts no ratings
 
     def __init__(self, artifact_dir: str | Path) -> None:
         from lmrec.artifacts.item_item import load_item_item_artifact

@@ -15,7 +15,7 @@ import torch
 from ray import serve
 
 from lmrec.serving.members import ItemItemMember, MFMember, TwoTowerMember
-from lmrec.serving.protocol import call_member
+from lmrec.serving.protocol import Member, call_member
 from lmrec.storage import normalize
 
 
@@ -92,3 +92,10 @@ class ItemKNNScorer(_ItemItemDeployment):
 # The collaborative members by name (the ``<name>_artifact`` / ``weights.<name>`` of ``ServeAppArgs``), in the order
 # the ingress consults them (the first that knows a user's ratings explains, the first that answers gives texts).
 MEMBER_DEPLOYMENTS = {"mf": MFScorer, "ease": EaseScorer, "item_knn": ItemKNNScorer}
+
+
+def bound_member(deployment, artifact_dir: str) -> Member:
+    """``deployment`` bound to serve ``artifact_dir`` (its ``user_config``: a hot swap changes only that), with
+    the capabilities of the member kind it serves: what the ingress's router needs to know of it."""
+    bound = deployment.options(user_config={"artifact_dir": artifact_dir}).bind()
+    return Member(bound, deployment.func_or_class.member_cls.capabilities)
