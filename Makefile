@@ -81,8 +81,10 @@ cluster-smoke: setup
 docs: setup
 	$(BIN)/python -m lmrec.config.reference
 
+# every CPU benchmark in sequence, cheapest first, each its own process (hours on 2 cores; estimates printed,
+# `python benchmarks/run_all.py --list`); one of them: `make bench BENCH=fusion`; GPU-only parts need a GPU
 bench: setup
-	$(BIN)/python benchmarks/baselines.py
+	$(BIN)/python benchmarks/run_all.py $(if $(BENCH),--only $(BENCH),)
 
 clean:
 	rm -rf $(VENV) $(LOWEST) $(CORE) demo-report

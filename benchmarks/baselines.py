@@ -11,7 +11,7 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit warns (and slows) with threaded BLAS
 
-from common import RESULTS, write_results  # noqa: E402
+from harness import figure, save_figure, write_results  # noqa: E402
 from peers import ImplicitFactors, SurpriseRating  # noqa: E402
 
 from lmrec.data.registry import load_dataset  # noqa: E402
@@ -20,15 +20,10 @@ from lmrec.experiments import ModelEntry, baseline_entries, evaluate_entries, lo
 
 
 def plot(records: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rating = [r for r in records if "rmse" in r["metrics"]]
     ranking = [r for r in records if "ndcg@10" in r["metrics"]]
     datasets = sorted({r["dataset"] for r in ranking})
-    fig, axes = plt.subplots(1, 1 + len(datasets), figsize=(5 * (1 + len(datasets)), 4))
+    fig, axes = figure(1, 1 + len(datasets), figsize=(5 * (1 + len(datasets)), 4))
     ax = axes[0]
     ax.barh([r["model"] for r in rating], [r["metrics"]["rmse"] for r in rating], color="#4c72b0")
     ax.set_xlim(0.85, max(r["metrics"]["rmse"] for r in rating) + 0.02)
@@ -37,8 +32,27 @@ def plot(records: list[dict]) -> None:
         rows = [r for r in ranking if r["dataset"] == name]
         ax.barh([r["model"] for r in rows], [r["metrics"]["ndcg@10"] for r in rows], color="#55a868")
         ax.set_title(f"{name} per-user 80/20: NDCG@10")
-    fig.tight_layout()
-    fig.savefig(RESULTS / "baselines.png", dpi=110)
+    save_figure(fig, "baselines", dpi=110)
+
+
+PEERS = ("surprise_", "implicit_")
+HEADLINES = (("ml-100k", "u1", "rmse", min), ("ml-100k", "per-user-80-20", "ndcg@10", max),
+             ("ml-latest-small", "per-user-80-20", "ndcg@10", max))
+
+
+def summary(records: list[dict]) -> dict:
+    """Per split and headline metric: the best of lmrec's baselines beside the best peer-library model."""
+    out = {}
+    for dataset, split, metric, best in HEADLINES:
+        rows = [r for r in records if (r["dataset"], r["split"]) == (dataset, split) and metric in r["metrics"]]
+        entry = {}
+        for side, mine in (("lmrec", True), ("peer", False)):
+            group = [r for r in rows if r["model"].startswith(PEERS) != mine]
+            if group:
+                top = best(group, key=lambda r: r["metrics"][metric])
+                entry[side] = {"model": top["model"], metric: top["metrics"][metric]}
+        out[f"{dataset} {split} {metric}"] = entry
+    return out
 
 
 def main() -> None:
@@ -71,7 +85,7 @@ def main() -> None:
         "u1": "ML-100K canonical u1.base/u1.test (generated from u.data), rating metrics on all test ratings",
         "per-user-80-20": "seeded (42) per-user 80/20 random split, every rating is a positive, full ranking over "
                           "all items with the user's training items excluded, K=10",
-    }, "records": records})
+    }, "records": records}, summary=summary(records))
     plot(records)
 
 

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+
+from harness import REPO, RESULTS, figure, save_figure, write_results
 
 from lmrec.config.base import load_spec
 from lmrec.config.train import TrainSpec
@@ -31,9 +31,7 @@ from lmrec.models.baselines import EASE, BiasedMF, ItemKNN, TfidfContent
 from lmrec.training.data import prepare_data
 from lmrec.training.local import train_local
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-JOB = ROOT / "jobs" / "ml100k-minilm-multitask.yaml"
+JOB = REPO / "jobs" / "ml100k-minilm-multitask.yaml"
 KS = (10,)
 
 
@@ -144,41 +142,28 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="Override optim.epochs (quick runs).")
     ap.add_argument("--out", type=Path, default=RESULTS / "encoder.json", help="JSON to merge records into.")
     args = ap.parse_args()
-    from train_throughput import machine
 
     path = args.out
     result = json.loads(path.read_text()) if path.exists() else {"records": []}
-    result["machine"] = machine()
-    result["machine"]["commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                                 capture_output=True, text=True).stdout.strip()
     for name in args.only.split(","):
         recs = run(name, args.epochs)
         keys = {(r["dataset"], r["split"], r["model"]) for r in recs}
         result["records"] = [r for r in result["records"] if (r["dataset"], r["split"], r["model"]) not in keys] + recs
-        path.parent.mkdir(parents=True, exist_ok=True)
         result["summary"] = summary(result["records"])
-        path.write_text(json.dumps(result, indent=1))
-    result["machine"]["load_avg_at_end"] = os.getloadavg()[0]
-    path.write_text(json.dumps(result, indent=1))
+        write_results("encoder", result, summary=result["summary"], path=path)
     plot(result, path.with_suffix(".png"))
     print(json.dumps(result["summary"], indent=1))
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     recs = [r for r in result["records"] if "ndcg@10" in r["metrics"]]
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = figure(figsize=(8, 4))
     labels = [f"{r['dataset']}\n{r['split']}\n{r['model']}" for r in recs]
     ax.bar(range(len(recs)), [r["metrics"]["ndcg@10"] for r in recs])
     ax.set_xticks(range(len(recs)), labels, fontsize=6)
     ax.set_ylabel("NDCG@10")
     ax.set_title("Encoder two-tower vs peers (same splits)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -24,19 +24,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import time
 from pathlib import Path
 
 import pandas as pd
 
+from harness import RESULTS, write_results
+
 from lmrec.evaluation.evaluate import evaluate_ranking
 from lmrec.models.baselines import EASE, ItemKNN
 from lmrec.strategies.ensemble import FusedEnsemble
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 KS = (10,)
 METRICS = ("ndcg@10", "recall@10", "hr@10", "mrr@10")
 EASE_L2 = (100.0, 250.0, 500.0, 1000.0)  # candidates for λ (250: EASE's default, the peer's setting)
@@ -150,22 +148,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="Override optim.epochs (quick runs).")
     ap.add_argument("--out", type=Path, default=RESULTS / "fusion.json", help="JSON to merge records into.")
     args = ap.parse_args()
-    from train_throughput import machine
 
     path = args.out
     result = json.loads(path.read_text()) if path.exists() else {"records": []}
-    result["machine"] = machine()
-    result["machine"]["commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                                 capture_output=True, text=True).stdout.strip()
     for name in args.only.split(","):
         recs = run(name, args.epochs)
         keys = {(r["dataset"], r["split"], r["variant"]) for r in recs}
         result["records"] = [r for r in result["records"] if (r["dataset"], r["split"], r["variant"]) not in keys] + recs
         result["summary"] = summary(result["records"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1, default=float))
-    result["machine"]["load_avg_at_end"] = os.getloadavg()[0]
-    path.write_text(json.dumps(result, indent=1, default=float))
+        write_results("fusion", result, summary=result["summary"], path=path)
     for ds, s in result["summary"].items():
         print(f"{ds}: fused/EASE NDCG@10 = {s['fused_over_ease_ndcg@10']:.4f} (fused {s['fused_ndcg@10']:.4f}, "
               f"EASE {s['ease_ndcg@10']:.4f}), weights {s['weights']}")

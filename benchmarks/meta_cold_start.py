@@ -2,7 +2,7 @@
 without meta-learning, and the meta-learned model, all in one run; plus adaptation latency for k = 10.
 
 Run: `.venv/bin/python benchmarks/meta_cold_start.py` (about 10 min on a 2-core CPU; reuses the frozen MiniLM item
-encoding cached under runs/strategies/ by benchmarks/strategies.py, or encodes it once). Writes
+encoding cached under runs/strategies/ (benchmarks/frozen_item_text.py), or encodes it once). Writes
 benchmarks/results/meta_cold_start.json; benchmarks/strategies.py adds the same rows to strategies.json.
 
 Protocol: ``cold_start_users`` (20% of users held out, seed 0), each known by their earliest 10 ratings; at
@@ -27,7 +27,8 @@ import time
 import numpy as np
 import torch
 
-from common import write_results  # noqa: E402
+from frozen_item_text import shared_item_text
+from harness import REPO, write_results
 
 from lmrec.data.registry import load_dataset  # noqa: E402
 from lmrec.data.splits import cold_start_users  # noqa: E402
@@ -131,23 +132,38 @@ def cold_user_rows(item_text: torch.Tensor, notes: dict) -> list[dict]:
     write_results("meta_cold_start", {
         "protocol": __doc__.split("\n\n")[2], "load_average_1m_at_start": load_at_start,
         "settings": {"meta": dataclasses.asdict(META), "standard": dataclasses.asdict(STANDARD)},
-        "meta_validation": selections, "rows": rows})
+        "meta_validation": selections, "rows": rows}, summary=summary(rows))
     return rows
+
+
+def summary(rows: list[dict]) -> dict:
+    """Per k: the meta-learned model's NDCG@10 and its ratio to the same model without meta-learning and to
+    popularity."""
+    by = {r["strategy"]: r for r in rows}
+    meta, plain, pop = (by.get(n, {}) for n in ("meta_learning (fomaml)", "no meta-learning (same model)",
+                                                 "popularity"))
+
+    def ratio(a, b):
+        return round(a / b, 4) if a is not None and b else None
+
+    out = {}
+    for k in SHOTS:
+        m = meta.get(f"ndcg@10_k{k}")
+        out[f"k{k}"] = {"meta_ndcg@10": None if m is None else round(m, 4),
+                        "meta_over_no_meta": ratio(m, plain.get(f"ndcg@10_k{k}")),
+                        "meta_over_popularity": ratio(m, pop.get(f"ndcg@10_k{k}"))}
+    return out
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    import strategies  # the shared frozen item encoding (cached under runs/strategies/)
     from lmrec.config.base import load_spec
     from lmrec.config.train import TrainSpec
     from lmrec.training.data import prepare_data
 
     torch.manual_seed(0)
-    base = load_spec(TrainSpec, strategies.ROOT / "jobs" / "ml100k-minilm-multitask.yaml")
-    strategies.RUNS.mkdir(parents=True, exist_ok=True)
-    item_text = strategies.shared_item_text(prepare_data(base))
-    item_text = item_text[0] if isinstance(item_text, tuple) else item_text
-    cold_user_rows(item_text, {})
+    base = load_spec(TrainSpec, REPO / "jobs" / "ml100k-minilm-multitask.yaml")
+    cold_user_rows(shared_item_text(prepare_data(base)), {})
 
 
 if __name__ == "__main__":

@@ -35,9 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import RESULTS, write_results  # noqa: E402
+from harness import REPO, RESULTS, write_results
 
-REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "tests" / "configs" / "tiny_two_tower.yaml"
 TOLERANCE_RMSE = 0.03  # |final val RMSE of a killed-and-resumed run - the clean run's|
 RECOVERY_TARGET_S = 10.0
@@ -675,10 +674,9 @@ def merge_results(updates: dict) -> None:
     """Update this run's keys of reliability.json (parts may run separately, even concurrently) and the summary."""
     path = RESULTS / "reliability.json"
     result = json.loads(path.read_text()) if path.exists() else {}
-    result.pop("machine", None)
     result.update(updates)
     result["summary"] = summary(result)
-    write_results("reliability", result)
+    write_results("reliability", result, summary=result["summary"])
     print(json.dumps(result["summary"], indent=1), flush=True)
 
 

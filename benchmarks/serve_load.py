@@ -43,9 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import RESULTS, write_results  # noqa: E402
+from harness import REPO, figure, save_figure, write_results
 
-REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "runs" / "serve-bench"
 QUIET_FRACTION = 0.05  # quiet traffic around the autoscaling load step, of the bare closed-loop throughput
 OPEN_LOOP_FRACTION = 0.2  # open-loop offered load, as a fraction of the bare app's closed-loop throughput
@@ -378,12 +377,7 @@ def readme_command(arts: dict, bare_url: str, users: list, items: list, rates: l
 
 
 def plot(result: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 4, figsize=(22, 4.5))
+    fig, axes = figure(1, 4, figsize=(22, 4.5))
     names = list(result["bare"])
     x = np.arange(len(names))
     for ax, key, title in ((axes[0], "p50_ms", "p50 latency (ms)"), (axes[1], "throughput_rps", "throughput (req/s)")):
@@ -413,8 +407,7 @@ def plot(result: dict) -> None:
     ax.set_xlabel("offered /recommend rate (req/s, open loop)")
     ax.set_title("p99 latency (ms) by offered rate")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(RESULTS / "serve.png", dpi=120)
+    save_figure(fig, "serve")
 
 
 def main() -> int:
@@ -501,7 +494,7 @@ def main() -> int:
         result["open_loop_rps"] = rates
         sweep = rate_sweep({"bare": bare_url, "serve": base}, users, items, sweep_rates, args.sweep_seconds)
         result["sweep_bare"], result["sweep_serve"] = sweep["bare"], sweep["serve"]
-        write_results("serve", result)  # the measurements so far survive a failure in the load step
+        write_results("serve", result, summary={})  # the measurements so far survive a failure in the load step
         # the load step, on the autoscaling config from its minimum replica counts
         serve.delete(app_name)
         deploy_config(load_serve_config(autoscaled))
@@ -509,7 +502,7 @@ def main() -> int:
         result["autoscaling"] = autoscaling_step(base, users, items, app_name, QUIET_FRACTION * bare_rps)
         serve.shutdown()
         ray.shutdown()
-        write_results("serve", result)
+        write_results("serve", result, summary={})
         # last: the README's own command, with nothing of the benchmark's Ray left
         time.sleep(5)
         result["readme"] = readme_command(arts, bare_url, users, items, sweep_rates, args.sweep_seconds)
@@ -556,7 +549,7 @@ def main() -> int:
         "benchmark_serve_rps_p99_50ms": ss["max_sustained_rps"], "benchmark_serve_vs_bare_alone": result[
             "acceptance"]["rate_ratio"],
     }
-    write_results("serve", result)
+    write_results("serve", result, summary=result["summary"])
     plot(result)
     print(json.dumps({"overhead": result["overhead"], "acceptance": result["acceptance"],
                       "summary": result["summary"]}, indent=1))

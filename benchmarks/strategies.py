@@ -30,21 +30,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
-from common import RESULTS, write_results  # noqa: E402
+from frozen_item_text import RUNS, shared_item_text
+from harness import REPO, RESULTS, figure, save_figure, write_results
+from meta_cold_start import cold_user_rows
 
 from lmrec.config.base import load_spec  # noqa: E402
 from lmrec.config.train import TrainSpec  # noqa: E402
 from lmrec.data.registry import load_dataset  # noqa: E402
 from lmrec.evaluation.evaluate import evaluate_ranking, evaluate_ratings  # noqa: E402
-from lmrec.strategies.scopes import count_parameters  # noqa: E402
 from lmrec.training.data import build_prepared, prepare_data  # noqa: E402
 from lmrec.training.local import train_local  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-RUNS = ROOT / "runs" / "strategies"
 log = logging.getLogger("strategies")
 
 # one CPU budget for every row (dotted overrides of the job specs)
@@ -64,7 +62,7 @@ def spec_for(name: str, split: dict, **overrides) -> TrainSpec:
     """The strategy's job spec on ``split``, shortened to the benchmark's budget."""
     enc = name in ENCODER_STRATEGIES
     budget = ENCODER_ROWS if enc else {"optim.epochs": FROZEN_EPOCHS}
-    return load_spec(TrainSpec, ROOT / "jobs" / "strategies" / f"{name}.yaml",
+    return load_spec(TrainSpec, REPO / "jobs" / "strategies" / f"{name}.yaml",
                      {**COMMON, **budget, "data.split": split, "name": f"bench-{name}", **overrides})
 
 
@@ -128,23 +126,6 @@ def u1_metrics(rec, data) -> dict:
     return out
 
 
-# ---- shared item encodings ----
-def shared_item_text(data) -> torch.Tensor:
-    """One frozen MiniLM encoding of every item text (split-independent), cached under runs/strategies/."""
-    import hashlib
-
-    from lmrec.models.encoder import build_encoder, encode_all
-
-    key = hashlib.sha256("\x00".join(data.item_texts).encode()).hexdigest()[:16]
-    path = RUNS / f"item_text_minilm_{key}.pt"
-    if path.exists():
-        return torch.load(path, weights_only=True)
-    encoder = build_encoder("default")
-    text = encode_all(encoder, torch.as_tensor(data.item_tokens), torch.as_tensor(data.item_lengths), 128)
-    torch.save(text, path)
-    return text
-
-
 # ---- one strategy ----
 def run_strategy(name: str, datasets: dict, item_text: torch.Tensor, members: dict) -> dict:
     """Train ``name`` on u1 and on the protocol split; one row with every metric and both training times."""
@@ -176,7 +157,7 @@ def run_strategy(name: str, datasets: dict, item_text: torch.Tensor, members: di
                    encoder_layers=int(res.recipe.model.encoder.backbone.config.num_hidden_layers))
         if name in ("frozen", "distillation"):
             members.setdefault(key, {})["two_tower" if name == "frozen" else "student"] = rec
-            row[f"artifact_{key}"] = str((RUNS / key / name).relative_to(ROOT))
+            row[f"artifact_{key}"] = str((RUNS / key / name).relative_to(REPO))
         log.info("%s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
     row["train_s"] = row.get("train_s_u1", 0.0) + row.get("train_s_protocols", 0.0)
     return row
@@ -286,7 +267,7 @@ def main() -> None:
         notes["benchmark_s"] = time.perf_counter() - started
         write_results("strategies", {"protocols": PROTOCOLS, "budget": {"common": COMMON, "frozen_epochs":
                                      FROZEN_EPOCHS, "encoder_rows": ENCODER_ROWS}, "rows": kept + rows,
-                                     "notes": notes})
+                                     "notes": notes}, summary=summary(kept + rows, notes))
         plot(kept + rows)
 
     u1 = prepare_data(spec_for("frozen", U1))
@@ -344,24 +325,22 @@ PROTOCOLS = {
 }
 
 
-def cold_user_rows(item_text: torch.Tensor, notes: dict) -> list[dict]:
-    """k-shot cold-user rows (popularity, label propagation, the same model with and without meta-learning):
-    benchmarks/meta_cold_start.py, which also writes them with its meta-validation to meta_cold_start.json."""
-    from meta_cold_start import cold_user_rows as meta_cold_start_rows
-
-    return meta_cold_start_rows(item_text, notes)
+def summary(rows: list[dict], notes: dict) -> dict:
+    """Each recipe and classic row's four protocol figures, and the ensemble and distillation acceptances."""
+    keys = ("u1_rmse", "warm_ndcg@10", "cold_item_ndcg@10", "cold_user_k5_ndcg@10")
+    out: dict = {"rows": {r["strategy"]: {k: round(r[k], 4) for k in keys if k in r} for r in rows
+                          if r.get("kind") in ("recipe", "classic", "ensemble")}}
+    for name in ("ensemble_acceptance", "distillation_acceptance"):
+        if name in notes:
+            out[name] = notes[name]
+    return out
 
 
 def plot(rows: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = [("u1_rmse", "u1 RMSE (lower is better)"), ("warm_ndcg@10", "warm per-user NDCG@10"),
               ("cold_item_ndcg@10", "cold-start items NDCG@10"), ("cold_user_k5_ndcg@10", "cold users, k=5: NDCG@10")]
     shown = [r for r in rows if any(k in r for k, _ in panels)]
-    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(24, 0.35 * max(len(shown), 8) + 2))
+    fig, axes = figure(1, len(panels) + 1, figsize=(24, 0.35 * max(len(shown), 8) + 2))
     names = [r["strategy"] for r in shown]
     colors = {"recipe": "#4c72b0", "classic": "#8c8c8c", "ensemble": "#c44e52", "ensemble_member": "#dd8452"}
     for ax, (key, title) in zip(axes, panels):
@@ -381,8 +360,7 @@ def plot(rows: list[dict]) -> None:
     axes[-1].set_title("cold-start users (meta-learning protocol)")
     if meta:
         axes[-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(RESULTS / "strategies.png", dpi=100)
+    save_figure(fig, "strategies", dpi=100)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform as stdlib_platform
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from harness import REPO, figure, save_figure, write_results
 
 from lmrec.config.base import load_spec
 from lmrec.config.train import TrainSpec
@@ -32,16 +31,8 @@ from lmrec.models.encoder import build_encoder, load_tokenizer
 from lmrec.training.data import prepare_data
 from lmrec.training.recipe import TwoTowerRecipe
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-JOB = ROOT / "jobs" / "ml100k-minilm-multitask.yaml"
+JOB = REPO / "jobs" / "ml100k-minilm-multitask.yaml"
 USER_TEMPLATE = "User aged {age}, gender {gender}, occupation {occupation}."
-
-
-def machine() -> dict:
-    return {"platform": stdlib_platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "load_avg_at_start": os.getloadavg()[0],
-            "python": sys.version.split()[0]}
 
 
 def val_rows(data, n: int = 1000, seed: int = 0) -> np.ndarray:
@@ -182,19 +173,17 @@ def main() -> None:
     spec = load_spec(TrainSpec, JOB)
     data = prepare_data(spec)
     idx = val_rows(data)
-    info = machine()
     naive = run_naive(data, args.budget, args.eval_every, idx)
     target = min(p["val_rmse"] for p in naive["curve"])
-    info["load_avg_after_naive"] = os.getloadavg()[0]
+    load_after_naive = round(os.getloadavg()[0], 2)
     ours = run_ours(spec, data, idx, target, args.max_epochs, args.eval_steps, args.after_target)
-    info["load_avg_at_end"] = os.getloadavg()[0]
     t_naive, t_ours = time_to(naive["curve"], target), time_to(ours["curve"], target)
     result = {
-        "machine": info,
+        "load_average_1m_after_naive": load_after_naive,
         "dataset": "ml-100k",
         "split": "u1 (5% of u1.base, seeded, held out as validation)",
         "encoder": "all-MiniLM-L6-v2 (pretrained; fine-tuned by naive; ours per the job spec)",
-        "job_spec": str(JOB.relative_to(ROOT)),
+        "job_spec": str(JOB.relative_to(REPO)),
         "ours_config": spec.model_dump(mode="json"),
         "naive_budget_seconds": args.budget,
         "valid_rows_scored": int(len(idx)),
@@ -207,19 +196,14 @@ def main() -> None:
                  "its data setup, ours' includes the one-off item-text precompute; target = naive's best "
                  "validation RMSE within its budget; speedup = naive seconds to target / ours seconds to target"),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "train_throughput.json").write_text(json.dumps(result, indent=1))
-    plot(result, RESULTS / "train_throughput.png")
-    print(json.dumps({k: result[k] for k in ("target_val_rmse", "throughput_ratio", "speedup")}, indent=1))
+    headline = {k: result[k] for k in ("target_val_rmse", "throughput_ratio", "speedup")}
+    write_results("train_throughput", result, summary=headline)
+    plot(result)
+    print(json.dumps(headline, indent=1))
 
 
-def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+def plot(result: dict) -> None:
+    fig, ax = figure(figsize=(7, 4))
     for key, label in (("naive", "naive: encoder per rating"), ("ours", "lmrec two-tower recipe")):
         c = result[key]["curve"]
         ax.plot([p["seconds"] for p in c], [p["val_rmse"] for p in c], marker="o",
@@ -229,8 +213,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_ylabel("validation RMSE (1,000 rows)")
     ax.set_title(f"ML-100K u1, MiniLM-L6, CPU — speedup {result['speedup'] or float('nan'):.1f}x")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, "train_throughput")
 
 
 if __name__ == "__main__":

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -29,7 +27,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common import RESULTS, machine
+from harness import REPO, RESULTS, figure, machine, save_figure, write_results
+
 from lmrec.config.base import load_spec
 from lmrec.config.train import TrainSpec
 from lmrec.evaluation.evaluate import evaluate_ranking, evaluate_ratings
@@ -37,9 +36,8 @@ from lmrec.models.baselines import EASE, ItemKNN, TfidfContent
 from lmrec.training.data import prepare_data
 from lmrec.training.local import train_local
 
-ROOT = Path(__file__).resolve().parents[1]
-FULL_JOB = ROOT / "jobs" / "strategies" / "full.yaml"
-U1_JOB = ROOT / "jobs" / "ml100k-minilm-multitask.yaml"
+FULL_JOB = REPO / "jobs" / "strategies" / "full.yaml"
+U1_JOB = REPO / "jobs" / "ml100k-minilm-multitask.yaml"
 KS = (10,)
 
 # Ranking protocols: the click softmax ranks, the epoch is picked by validation NDCG@10; the recipe fields
@@ -127,12 +125,8 @@ class Bench:
         self.deadline = time.monotonic() + deadline
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device_name = torch.cuda.get_device_name(0) if self.device == "cuda" else "cpu"
-        self.result = {"machine": machine(), "device": self.device_name, "records": [], "skipped": []}
-        try:
-            self.result["machine"]["commit"] = subprocess.run(
-                ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        except OSError:  # the GPU machine's copy of the tree may have no git
-            self.result["machine"]["commit"] = os.environ.get("LMREC_COMMIT", "")
+        self.machine = machine()  # its date and commit label each record
+        self.result = {"device": self.device_name, "records": [], "skipped": []}
         self.item_text: dict[tuple, torch.Tensor] = {}  # pretrained item encodings, shared by variants
         self.models: dict[tuple[str, str], tuple] = {}
 
@@ -142,7 +136,7 @@ class Bench:
     def add(self, rec: dict) -> None:
         key = (rec["protocol"], rec["variant"])  # a re-run replaces an appended record
         self.result["records"] = [r for r in self.result["records"] if (r["protocol"], r["variant"]) != key] + [
-            {**rec, "run": self.result["machine"].get("date", ""), "commit": self.result["machine"].get("commit", "")}]
+            {**rec, "run": self.machine["date"], "commit": self.machine["commit"]}]
         print(json.dumps({k: rec[k] for k in ("protocol", "variant")} | {"ndcg@10": rec["metrics"].get("ndcg@10"),
                                                                           "rmse": rec["metrics"].get("rmse")}),
               flush=True)
@@ -150,8 +144,7 @@ class Bench:
 
     def write(self) -> None:
         self.result["summary"] = summary(self.result["records"], self.device_name)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.out.write_text(json.dumps(self.result, indent=1))
+        write_results("transfer", self.result, summary=self.result["summary"], path=self.out)
 
     def train(self, protocol: str, variant: str, overrides: dict, need: float = 30.0):
         """Train one variant on one protocol and record it; returns (recommender, data) or None past the deadline."""
@@ -299,17 +292,12 @@ def summary(records: list[dict], device: str) -> dict:
 
 def plot(result: dict, path: Path) -> None:
     """Left: each protocol's frozen / fine-tuned / peers / fused NDCG@10; right: the ablations (ML-100K cold)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     recs = [r for r in result["records"] if "ndcg@10" in r["metrics"]]
     main_recs = [r for r in recs if ":" not in r["variant"] or r["variant"].startswith("fused")]
     abl = [r for r in recs if r["protocol"] == "ml100k-cold" and (":" in r["variant"] and not
                                                                  r["variant"].startswith("fused")
                                                                  or r["variant"] in ("frozen", "full"))]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [3, 2]})
+    fig, axes = figure(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [3, 2]})
     colors = {"frozen": "tab:gray", "full": "tab:blue"}
     for ax, group, title in ((axes[0], main_recs, "fine-tuned (full) vs frozen vs peers, same splits"),
                              (axes[1], abl, "ML-100K cold items: recipe ablations and strategies")):
@@ -321,8 +309,7 @@ def plot(result: dict, path: Path) -> None:
         ax.set_ylabel("NDCG@10 (test)")
         ax.set_title(title, fontsize=9)
     fig.suptitle(f"lmrec transfer benchmark on {result.get('device')}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
 
 
 def main() -> None:
@@ -397,7 +384,6 @@ def main() -> None:
         if protocol not in skip:
             b.train(protocol, "ablation:text_32_tokens:frozen", {**over, **FROZEN})
             b.train(protocol, "ablation:text_32_tokens:full", over)
-    b.result["machine"]["load_avg_at_end"] = os.getloadavg()[0]
     b.write()
     plot(b.result, args.out.with_suffix(".png"))
     print(json.dumps(b.result["summary"], indent=1))

@@ -18,21 +18,19 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS, machine, write_results
+from harness import REPO, RESULTS, write_results
 
 from lmrec.config.base import load_spec
 from lmrec.config.train import TrainSpec
 from lmrec.evaluation.evaluate import evaluate_ranking, evaluate_ratings
 from lmrec.training.data import prepare_data
 
-ROOT = Path(__file__).resolve().parents[1]
-TUNE_SPEC = ROOT / "tune" / "ml100k-task-weights.yaml"
-JOB = ROOT / "jobs" / "ml100k-minilm-multitask.yaml"
+TUNE_SPEC = REPO / "tune" / "ml100k-task-weights.yaml"
+JOB = REPO / "jobs" / "ml100k-minilm-multitask.yaml"
 
 
 def free_port() -> int:
@@ -108,8 +106,7 @@ def main() -> None:
     if args.default_out:
         Path(args.default_out).write_text(json.dumps(default_local(), indent=2))
         return
-    load_start = os.getloadavg()[0]
-    spec, base = load_tune_spec(TUNE_SPEC, {"storage_path": args.storage, "export_dir": str(ROOT / "jobs" / "tuned")})
+    spec, base = load_tune_spec(TUNE_SPEC, {"storage_path": args.storage, "export_dir": str(REPO / "jobs" / "tuned")})
     study = locate(spec, TUNE_SPEC, base, args.resume or args.report_only)
     temp_dir = tempfile.mkdtemp(prefix="lmrec-tb-", dir="/tmp")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # private loopback instance
@@ -155,32 +152,28 @@ def main() -> None:
     ran = report.table[report.table["status"] != "no_report"]  # trials cut by an interruption before epoch 1
     possible = len(ran) * study.max_epochs
     table = report.table.drop(columns=["artifact"]).round(6)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    fraction_used = round(report.epochs_used / possible, 4)
+    beats = {"ndcg@10": tuned["test"]["ndcg@10"] > default["test"]["ndcg@10"],
+             "rmse": tuned["test"]["rmse"] < default["test"]["rmse"]}
     write_results("tune", {
-        "commit": commit,
-        "load_average_1m_at_start": round(load_start, 2),
-        "tune_spec": str(TUNE_SPEC.relative_to(ROOT)),
-        "exported_job_spec": str(Path(report.spec_path).resolve().relative_to(ROOT)),
+        "tune_spec": str(TUNE_SPEC.relative_to(REPO)),
+        "exported_job_spec": str(Path(report.spec_path).resolve().relative_to(REPO)),
         "search": {"trials": len(report.table), "trials_planned": spec.num_samples,
                    "finished": bool(finished(study, grid)), "max_concurrent": spec.max_concurrent,
                    "epochs_per_trial_max": study.max_epochs, "searcher": f"optuna-{spec.search.sampler}",
                    "scheduler": spec.scheduler.model_dump(), "metric": spec.metric, "objective": spec.objective,
                    "wall_seconds_this_session": round(search_s, 1), **study_span(report)},
         "asha": {"trial_epochs_used": report.epochs_used, "trial_epochs_possible": possible,
-                 "fraction_used": round(report.epochs_used / possible, 4),
+                 "fraction_used": fraction_used,
                  "note": "used/possible over trials that reported; stops by ASHA and by the job's own "
                          "early-stopping patience both count as saved epochs",
                  "trials_by_status": {k: int(v) for k, v in report.table["status"].value_counts().items()}},
         "trials": table.to_dict(orient="records"),
         "tuned": tuned,
         "default_job": default,
-        "tuned_beats_default_on_test": {
-            "ndcg@10": tuned["test"]["ndcg@10"] > default["test"]["ndcg@10"],
-            "rmse": tuned["test"]["rmse"] < default["test"]["rmse"],
-        },
-        "machine_at_end": machine()["load_average_1m_at_write"],
-    })
+        "tuned_beats_default_on_test": beats,
+    }, summary={"tuned_test": tuned["test"], "default_job_test": default["test"],
+                "tuned_beats_default_on_test": beats, "asha_fraction_of_trial_epochs_used": fraction_used})
 
 
 if __name__ == "__main__":
