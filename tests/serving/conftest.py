@@ -90,7 +90,8 @@ def narrow_artifacts(serving_artifacts, tmp_path_factory) -> dict:
     tt = save_artifact(root / "two-tower", art.model, art.tokenizer, spec=m["config"],
                        fingerprint=m["dataset_fingerprint"], user_ids=art.user_ids, item_ids=art.item_ids,
                        metrics=m.get("metrics"), data_cutoff=m.get("data_cutoff"), lineage=m.get("lineage"),
-                       item_texts=art.item_texts)
+                       item_texts=art.item_texts,
+                       seen=(data.train["user_idx"].to_numpy(), data.train["item_idx"].to_numpy()))
     mf = load_mf_artifact(serving_artifacts["mf"])
     lo, hi = np.quantile(mf.recommender.predict(users, items), [0.25, 0.75])
     mf_dir = save_mf_artifact(

@@ -111,8 +111,6 @@ def test_recommend_ranks_as_the_offline_recommender(kind, serving_artifacts, kin
     _recommend_parity(kind, users, serving_artifacts, kind_artifacts, served)
 
 
-@pytest.mark.xfail(strict=True, reason="a two-tower artifact keeps each user's last max_history training items only, "
-                   "so a service of the two-tower alone can recommend older seen items that evaluation excludes")
 def test_two_tower_alone_excludes_every_training_item(serving_artifacts, kind_artifacts, served):
     data = serving_artifacts["data"]
     users = np.arange(data.n_users)

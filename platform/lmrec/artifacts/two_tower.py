@@ -9,6 +9,8 @@ Layout of an artifact folder::
                               fine-tune), and the sha256 of every other file
     model.safetensors         TwoTowerModel state dict (encoder, towers, heads, item-text cache, histories)
     item_embeddings.safetensors  precomputed item/user vectors, item biases, interest-space vectors
+    seen.safetensors          every training (user, item) pair as CSR (seen_indptr, seen_items): what a service
+                              excludes from a user's recommendations (absent from artifacts written before it)
     encoder_config.json       the backbone's HF config (rebuilds the architecture without the hub)
     id_maps.json              raw user/item ids in index order (and item_texts, when the writer passed them)
     tokenizer/                the tokenizer files
@@ -70,6 +72,7 @@ def save_artifact(
     data_cutoff: int | None = None,
     lineage: dict | None = None,
     item_texts: list[str] | None = None,
+    seen: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Path:
     """Write the artifact folder (see module docstring); returns its path."""
     root = Path(directory)
@@ -79,6 +82,12 @@ def save_artifact(
     save_file(state, str(root / "model.safetensors"))
     tables = {k: v.detach().float().cpu().contiguous() for k, v in model.precompute().items()}
     save_file(tables, str(root / "item_embeddings.safetensors"))
+    if seen is not None:  # (user_idx, item_idx) of the training rows
+        users, items = (np.asarray(a, dtype=np.int64) for a in seen)
+        order = np.lexsort((items, users))
+        save_file({"seen_indptr": torch.from_numpy(np.concatenate(
+                       [[0], np.cumsum(np.bincount(users, minlength=model.n_users))]).astype(np.int64)),
+                   "seen_items": torch.from_numpy(np.ascontiguousarray(items[order]))}, str(root / "seen.safetensors"))
     (root / "encoder_config.json").write_text(json.dumps(model.encoder.backbone.config.to_dict(), indent=1))
     # item_texts (optional, in item order): Serve shows and filters on them when no other member carries texts
     ids = {"user_ids": _plain(user_ids), "item_ids": _plain(item_ids)}
@@ -112,6 +121,8 @@ class LoadedArtifact:
     item_ids: list
     embeddings: dict[str, torch.Tensor]
     item_texts: list[str] | None = None
+    seen_indptr: np.ndarray | None = None  # every training row as CSR (None: an artifact written before them)
+    seen_items: np.ndarray | None = None
 
     @property
     def max_length(self) -> int:
@@ -145,6 +156,7 @@ def load_artifact(directory: str | Path, device: str | torch.device = "cpu") -> 
     embeddings = load_file(str(root / "item_embeddings.safetensors"))
     # artifacts written before ``model.interest_bias`` carry no interest-score term: it was zero
     embeddings.setdefault("item_interest_bias", torch.zeros(len(embeddings["item_interest"])))
+    seen = load_file(str(root / "seen.safetensors")) if (root / "seen.safetensors").exists() else {}
     return LoadedArtifact(
         model=model,
         recommender=TwoTowerRecommender(model, name=manifest["config"].get("name")),
@@ -154,4 +166,6 @@ def load_artifact(directory: str | Path, device: str | torch.device = "cpu") -> 
         item_ids=ids["item_ids"],
         embeddings=embeddings,
         item_texts=ids.get("item_texts"),
+        seen_indptr=seen["seen_indptr"].numpy() if seen else None,
+        seen_items=seen["seen_items"].numpy() if seen else None,
     )

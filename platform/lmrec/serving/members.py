@@ -63,7 +63,9 @@ class TwoTowerMember:
         self.info = _info("two_tower", root, art.manifest, art.manifest["config"].get("name", "two-tower"),
                           self.sha256) | {"n_users": len(self.users), "n_items": len(self.item_ids),
                                           "hidden": self.model.encoder.hidden_size}
-        indptr, seen = csr_from_padded(self.history)
+        # every training row when the artifact has them (older ones: the model's last max_history items per user)
+        indptr, seen = ((art.seen_indptr, art.seen_items) if art.seen_indptr is not None
+                        else csr_from_padded(self.history))
         vec = (self.user_interest, self.item_interest) if self.interest_head else (self.user_vec, self.item_vec)
         const = self.item_interest_bias if self.interest_head else self.item_bias
         self.table = ScoreTable(self.sha256, list(art.user_ids), self.item_ids, vec[0], vec[1], const, None,

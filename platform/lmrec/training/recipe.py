@@ -418,6 +418,9 @@ class TwoTowerRecipe:
                 data_cutoff=self.data.trained_until(),
                 lineage={**self.data.lineage, "engine": {"name": self.engine_name, "reason": self.engine_reason}},
                 item_texts=list(self.data.item_texts),  # responses show them; metadata filters match them
+                # every training row, so a service of this model alone excludes what evaluation excludes (the
+                # model's own history keeps the last max_history items only)
+                seen=(self.data.train["user_idx"].to_numpy(), self.data.train["item_idx"].to_numpy()),
             ))
 
 

@@ -44,6 +44,12 @@ def test_round_trip_identical_predictions(exported):
     assert art.manifest["metrics"] == {"val_rmse": 1.0}
     # the token limit serving truncates with is the spec's, recorded at export (not a reader's own default)
     assert art.max_length == recipe.spec.model.max_length == art.manifest["text"]["max_length"]
+    # every training row (not only the model's last max_history items), what a service excludes per user
+    train = recipe.data.train
+    assert art.seen_indptr[-1] == len(train) and len(art.seen_indptr) == recipe.data.n_users + 1
+    u = int(train["user_idx"].value_counts().index[0])
+    assert sorted(art.seen_items[art.seen_indptr[u]:art.seen_indptr[u + 1]].tolist()) == sorted(
+        train.loc[train["user_idx"] == u, "item_idx"].tolist())
     assert art.item_ids == recipe.data.item_ids.tolist()
     assert art.embeddings["item_vectors"].shape == (recipe.data.n_items, 8)
     # the reloaded encoder reproduces the cached item text (same weights, same tokenizer)
