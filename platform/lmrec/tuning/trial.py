@@ -128,7 +128,26 @@ def run_trial(config: dict, *, tune_spec: dict, base: str, study_path: str, work
     train = trial_spec(spec, Path(base), {**overrides, "name": trial_id, "scaling.storage_path": runs_dir(study_path)})
     _anchor_source_paths(train, workdir)
     log.info("trial %s: %s", trial_id, {k: overrides[k] for k in overrides if k not in spec.overrides})
+    if _exported(Path(runs_dir(study_path), trial_id, "artifact")):
+        # the trial finished (its reports are logged, its artifact written) but the interruption came before Tune
+        # recorded it: a restored study keeps it as it is rather than training it again
+        log.info("trial %s finished before the interruption: kept, not retrained", trial_id)
+        return
     # resume=True: a restored trial picks its trainer run (and latest epoch checkpoint) up again
     report = TrialReport(spec.metric, spec.objective, train.optim.epochs)
     run = build_trainer(train, spec_path=base, resume=True, callbacks=[report])
     run.fit()
+
+
+def _exported(artifact: Path) -> bool:
+    """Whether ``artifact`` is a complete two-tower artifact (every file its manifest lists, hashes matching)."""
+    from lmrec.artifacts.manifest import ArtifactError, verify_artifact
+    from lmrec.artifacts.two_tower import FORMAT
+
+    if not (artifact / "manifest.json").is_file():
+        return False
+    try:
+        verify_artifact(artifact, FORMAT)
+    except (ArtifactError, OSError):
+        return False
+    return True
