@@ -32,6 +32,9 @@ def tiny_job(name: str, tmp_path: Path, **overrides) -> TrainSpec:
     over = {**TINY, "scaling.storage_path": str(tmp_path / "runs"), "name": f"tiny-{name}"}
     if name != "meta_learning":
         over["data.split"] = PER_USER
+    else:  # the settings its loop reads (meta_learning refuses the others: they would be ignored)
+        over = {k: v for k, v in over.items() if not k.startswith(("model.", "optim.", "tasks."))
+                or k in ("model.encoder_init", "model.max_length", "optim.epochs", "optim.encode_batch_size")}
     if name in ("full", "lora", "progressive_unfreezing", "layer_sharing"):
         over.update(ENCODER_STEPS)
     return load_spec(TrainSpec, JOBS / f"{name}.yaml", {**over, **overrides})

@@ -26,25 +26,28 @@ from lmrec.data.splits import cold_start_users
 from lmrec.evaluation.metrics import ranking_metrics
 from lmrec.models.cold_start import ColdStartModel, TaskBatch, item_scores, predict_ratings
 from lmrec.strategies.meta_learning import MetaAlgorithm, adapt, leave_one_out_losses, meta_loss
+from lmrec.strategies.transfer.meta_learning import MetaLearningStrategy
 
 log = logging.getLogger(__name__)
+_SPEC = {name: field.default for name, field in MetaLearningStrategy.model_fields.items()}
 
 
 @dataclass
 class MetaSettings:
-    """Inner/outer loop settings (the typed config form is ``lmrec.strategies.spec.MetaLearningStrategy``)."""
+    """Inner/outer loop settings. Defaults: those of the typed config form
+    (``lmrec.strategies.transfer.meta_learning.MetaLearningStrategy``, one set), and 30 epochs."""
 
-    algorithm: MetaAlgorithm = "fomaml"
-    inner_steps: int = 3
-    inner_lr: float = 0.5
-    click_weight: float = 3.0
-    l2: float = 1.0
-    max_support: int = 10
-    query_size: int = 64
+    algorithm: MetaAlgorithm = _SPEC["algorithm"]
+    inner_steps: int = _SPEC["inner_steps"]
+    inner_lr: float = _SPEC["inner_lr"]
+    click_weight: float = _SPEC["click_weight"]
+    l2: float = _SPEC["l2"]
+    max_support: int = _SPEC["max_support"]
+    query_size: int = _SPEC["query_size"]
     episodes: str = "earliest"
-    tasks_per_batch: int = 32
+    tasks_per_batch: int = _SPEC["tasks_per_batch"]
     epochs: int = 30
-    lr: float = 3e-3
+    lr: float = _SPEC["lr"]
     seed: int = 0
 
 

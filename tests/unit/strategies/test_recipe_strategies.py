@@ -265,8 +265,11 @@ def test_label_propagation_run_adds_its_targets():
 
 
 def test_meta_learning_run_uses_its_own_loop_and_reports_cold_users():
-    spec = tiny_spec({"name": "meta_learning", "dim": 8, "shots": [1, 3], "tasks_per_batch": 8, "query_size": 5},
-                     optim={"epochs": 2})
+    spec = TrainSpec.model_validate({  # only what its loop reads: anything else set is refused (ignored)
+        "data": {"dataset": "tiny", "valid_from_train": 0.0},
+        "model": {"encoder_init": "random-tiny", "max_length": 12}, "optim": {"epochs": 2},
+        "scaling": {"engine": "ddp"},
+        "strategy": {"name": "meta_learning", "dim": 8, "shots": [1, 3], "tasks_per_batch": 8, "query_size": 5}})
     data = tiny_data(spec, cold_users=6)
     res = train_local(spec, data, device="cpu")
     assert len(res.history) == 2
@@ -283,3 +286,16 @@ def test_a_strategy_named_by_import_path_runs_its_hooks(open_strategy, tmp_path)
     assert [e["halved_lr"] for e in res.epochs] == pytest.approx([0.25 * spec.optim.lr_heads] * 2)
     art = load_artifact(tmp_path / "art")
     assert art.manifest["config"]["strategy"] == {"name": open_strategy, "factor": 0.25}
+
+
+def test_meta_learning_refuses_settings_its_loop_would_ignore():
+    with pytest.raises(ValueError, match=r"ignores model\.dim, optim\.batch_size"):
+        tiny_spec({"name": "meta_learning"})  # tiny_spec sets model.dim, optim.batch_size, ... for the recipe
+    with pytest.raises(ValueError, match=r"ignores tasks\.click"):
+        TrainSpec.model_validate({"data": {"dataset": "tiny"}, "tasks": {"click": {"weight": 0.2}},
+                                  "strategy": {"name": "meta_learning"}})
+    from lmrec.strategies.meta_loop import MetaSettings, settings_from_spec
+
+    plain = TrainSpec.model_validate({"data": {"dataset": "tiny"}, "optim": {"epochs": 30},
+                                      "strategy": {"name": "meta_learning"}})
+    assert settings_from_spec(plain) == MetaSettings()  # one set of defaults
