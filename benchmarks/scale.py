@@ -1,0 +1,276 @@
+"""Scale: retrieval over 10^6 items and synthetic data of MovieLens-25M shape (parts of issue "Scale").
+
+Run: ``nice -n 10 python benchmarks/scale.py --part ann`` (then ``--part ann-libraries``, ``--part data``; each
+part merges its figures into benchmarks/results/scale.json, ``ann`` also draws scale.png).
+
+- ``ann``: 10^6 clustered item vectors (``lmrec.data.synthetic.clustered_vectors``, dim 64) and 1,000 users, k = 100.
+  One ``/recommend``-sized query (batch 1) at a time: exact scoring (``ItemIndex`` below its threshold: dense
+  product + partial sort) vs the faiss IVF index at several ``nprobe``; recall@100 against the exact top 100.
+  ``summary.ann_recall_at_100`` and ``summary.ann_speedup_vs_exact`` (median exact latency ÷ median ANN latency) are
+  at the index's default nprobe. Uniform random vectors (no neighbourhoods: the worst case) are reported beside.
+- ``ann-libraries``: how faiss was chosen over hnswlib: build time, batch-1 latency and recall@100 of faiss IVF,
+  faiss HNSW and hnswlib HNSW on the same 200,000 clustered items, each at a few search efforts (HNSW on the
+  Euclidean transform of ``ItemIndex`` too, since on raw inner products its recall stalls).
+- ``data``: ``write_parquet(..., "1m")`` timed, with the process's peak RSS (run it as its own process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+
+import numpy as np
+
+from harness import RESULTS, figure, save_figure, write_results
+
+from lmrec.artifacts.ann import ItemIndex, default_nlist, top_k_rows
+from lmrec.data.synthetic import SIZES, clustered_vectors, write_parquet
+
+K = 100
+
+
+def exact_top(items: np.ndarray, users: np.ndarray, k: int = K) -> np.ndarray:
+    out = []
+    for lo in range(0, len(users), 64):
+        out.append(top_k_rows(users[lo : lo + 64] @ items.T, k)[0])
+    return np.vstack(out)
+
+
+def recall(ids: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(np.intersect1d(a, b)) / truth.shape[1] for a, b in zip(ids, truth)]))
+
+
+def one_at_a_time(search, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """search(user [1, dim]) -> ids [1, k] for each user alone: (ids [n, k], latencies ms [n])."""
+    ids, ms = [], []
+    for u in users:
+        start = time.perf_counter()
+        ids.append(search(u[None, :]))
+        ms.append((time.perf_counter() - start) * 1e3)
+    return np.vstack(ids), np.asarray(ms)
+
+
+def latency_summary(ms: np.ndarray) -> dict:
+    return {"median_ms": round(float(np.median(ms)), 3), "p95_ms": round(float(np.percentile(ms, 95)), 3),
+            "mean_ms": round(float(ms.mean()), 3)}
+
+
+def merge_results(part: dict, summary: dict) -> None:
+    """Merge one part's figures into scale.json (other parts' figures stay)."""
+    path = RESULTS / "scale.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    write_results("scale", {**old, **part}, summary={**old.get("summary", {}), **summary})
+
+
+def part_ann(n_items: int, n_users: int, dim: int, exact_users: int, budget_s: float) -> None:
+    started = time.perf_counter()
+    items, users = clustered_vectors(n_items, n_users, dim, seed=0)
+    truth = exact_top(items, users)
+    exact = ItemIndex.build(items, exact_below=n_items + 1)
+    _, exact_ms = one_at_a_time(lambda u: exact.search(u, K)[0], users[:exact_users])
+    start = time.perf_counter()
+    index = ItemIndex.build(items)
+    build_s = time.perf_counter() - start
+    default = index.ann.nprobe
+    curve = []
+    for nprobe in sorted({16, 32, 64, default // 2, default, default * 2, default * 4}):
+        index.ann.nprobe = nprobe
+        ids, ms = one_at_a_time(lambda u: index.search(u, K)[0], users)
+        curve.append({"nprobe": nprobe, "recall_at_100": round(recall(ids, truth), 4), **latency_summary(ms)})
+        print(curve[-1], flush=True)
+    index.ann.nprobe = default
+    at_default = next(c for c in curve if c["nprobe"] == default)
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # a serving replica with one CPU
+    _, one_thread_ms = one_at_a_time(lambda u: index.search(u, K)[0], users)
+    faiss.omp_set_num_threads(threads)
+    exact_lat = latency_summary(exact_ms)
+    speedup = exact_lat["median_ms"] / at_default["median_ms"]
+    # with exclusions (a user's 150 seen items) and a 50% filter, as /recommend asks
+    seen = [np.random.default_rng(i).choice(n_items, 150, replace=False) for i in range(200)]
+    allowed = np.flatnonzero(np.random.default_rng(1).random(n_items) < 0.5)
+    filtered_ms = []
+    for u, s in zip(users[:200], seen):
+        start = time.perf_counter()
+        index.search(u[None, :], K, exclude=[s], allowed=allowed)
+        filtered_ms.append((time.perf_counter() - start) * 1e3)
+    random_part = None
+    if time.perf_counter() - started < budget_s / 2:  # the worst case, when the run has time for a second build
+        r_items = np.random.default_rng(1).standard_normal((n_items, dim), dtype=np.float32)
+        r_users = np.random.default_rng(2).standard_normal((n_users, dim), dtype=np.float32)
+        r_truth = exact_top(r_items, r_users)
+        r_index = ItemIndex.build(r_items)
+        random_part = {}
+        for nprobe in (default, default * 4):
+            r_index.ann.nprobe = nprobe
+            ids, ms = one_at_a_time(lambda u: r_index.search(u, K)[0], r_users[:300])
+            random_part[f"nprobe_{nprobe}"] = {"recall_at_100": round(recall(ids, r_truth[:300]), 4),
+                                               **latency_summary(ms)}
+        del r_items, r_index
+    part = {"ann": {
+        "items": n_items, "dim": dim, "users": n_users, "k": K, "vectors": "clustered_vectors(seed=0): "
+        f"{max(1, n_items // 1000)} topic centres, noise 0.5, log-normal norms",
+        "index": {"kind": index.kind, "nlist": index.ann.nlist, "default_nprobe": default, "build_s": round(build_s, 1),
+                  "faiss_threads": threads},
+        "exact_batch1": {**exact_lat, "users_timed": exact_users},
+        "ann_batch1_by_nprobe": curve,
+        "ann_batch1_default_nprobe_one_faiss_thread": latency_summary(one_thread_ms),
+        "ann_batch1_with_150_excluded_and_50pct_filter": latency_summary(np.asarray(filtered_ms)),
+        "uniform_random_vectors": random_part,
+    }}  # fmt: skip
+    merge_results(part, {
+        "ann_recall_at_100": at_default["recall_at_100"],
+        "ann_speedup_vs_exact": round(speedup, 1),
+        "ann_build_s": round(build_s, 1),
+        "ann_items": n_items,
+    })  # fmt: skip
+    plot(curve, exact_lat, n_items, build_s)
+
+
+def plot(curve: list[dict], exact_lat: dict, n_items: int, build_s: float) -> None:
+    fig, ax = figure(figsize=(6.4, 4.2))
+    ax.plot([c["median_ms"] for c in curve], [c["recall_at_100"] for c in curve], "o-", label="faiss IVF (nprobe)")
+    for c in curve:
+        ax.annotate(str(c["nprobe"]), (c["median_ms"], c["recall_at_100"]), textcoords="offset points",
+                    xytext=(4, -10), fontsize=8)
+    ax.plot([exact_lat["median_ms"]], [1.0], "s", color="black", label="exact (dense product)")
+    ax.axhline(0.98, color="grey", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("median latency of one query, batch 1 (ms, log)")
+    ax.set_ylabel("recall@100 vs exact")
+    ax.set_title(f"Retrieval over {n_items:,} items, dim 64, k=100 (IVF build {build_s:.0f} s)", fontsize=10)
+    ax.legend(loc="lower right")
+    save_figure(fig, "scale")
+
+
+def part_libraries(n_items: int, n_users: int, dim: int) -> None:
+    import faiss
+    import hnswlib
+
+    items, users = clustered_vectors(n_items, n_users, dim, seed=0)
+    truth = exact_top(items, users)
+    rows = []
+
+    def measure(name: str, build, searchers: dict) -> None:
+        start = time.perf_counter()
+        built = build()
+        build_s = time.perf_counter() - start
+        for effort, search in searchers.items():
+            ids, ms = one_at_a_time(lambda u: search(built, u), users)
+            rows.append({"library": name, "effort": effort, "build_s": round(build_s, 1),
+                         "recall_at_100": round(recall(ids, truth), 4), **latency_summary(ms)})
+            print(rows[-1], flush=True)
+
+    def ivf_search(nprobe):
+        def search(index, u):
+            index.ann.nprobe = nprobe
+            return index.search(u, K)[0]
+        return search
+
+    measure("faiss IVF-Flat (ItemIndex, Euclidean transform)", lambda: ItemIndex.build(items, exact_below=0),
+            {f"nprobe={p}": ivf_search(p) for p in (8, 16, 32, 64)})
+    norms = np.linalg.norm(items, axis=1)
+    extra = np.sqrt(np.maximum(norms.max() ** 2 - norms**2, 0))[:, None].astype(np.float32)
+    transformed = np.ascontiguousarray(np.hstack([items, extra]))
+
+    def pad(u):
+        return np.hstack([u, np.zeros((1, 1), np.float32)])
+
+    def faiss_hnsw(metric, table):
+        def build():
+            h = faiss.IndexHNSWFlat(table.shape[1], 32, metric)
+            h.hnsw.efConstruction = 80
+            h.add(table)
+            return h
+        return build
+
+    def hnsw_search(ef, padded):
+        def search(h, u):
+            h.hnsw.efSearch = ef
+            return h.search(pad(u) if padded else u, K)[1]
+        return search
+
+    measure("faiss HNSW-Flat M=32 efC=80 (Euclidean transform)", faiss_hnsw(faiss.METRIC_L2, transformed),
+            {f"efSearch={ef}": hnsw_search(ef, True) for ef in (128, 256, 512)})
+    measure("faiss HNSW-Flat M=32 efC=80 (inner product)", faiss_hnsw(faiss.METRIC_INNER_PRODUCT, items),
+            {f"efSearch={ef}": hnsw_search(ef, False) for ef in (256,)})
+
+    def hnswlib_build(space, table):
+        def build():
+            p = hnswlib.Index(space=space, dim=table.shape[1])
+            p.init_index(max_elements=len(table), ef_construction=100, M=16, random_seed=0)
+            p.add_items(table, num_threads=2)
+            return p
+        return build
+
+    def hnswlib_search(ef, padded):
+        def search(p, u):
+            p.set_ef(ef)
+            return p.knn_query(pad(u) if padded else u, k=K, num_threads=1)[0]
+        return search
+
+    measure("hnswlib M=16 efC=100 (Euclidean transform)", hnswlib_build("l2", transformed),
+            {f"ef={ef}": hnswlib_search(ef, True) for ef in (128, 256, 512)})
+    measure("hnswlib M=16 efC=100 (inner product)", hnswlib_build("ip", items),
+            {f"ef={ef}": hnswlib_search(ef, False) for ef in (256,)})
+    exact = ItemIndex.build(items, exact_below=n_items + 1)
+    _, ms = one_at_a_time(lambda u: exact.search(u, K)[0], users[:200])
+    part = {"ann_libraries": {
+        "items": n_items, "dim": dim, "users": n_users, "k": K, "ivf_nlist": default_nlist(n_items),
+        "faiss": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads(),
+        "hnswlib": getattr(hnswlib, "__version__", "0.8.0"),
+        "exact_batch1": latency_summary(ms), "rows": rows,
+    }}  # fmt: skip
+    merge_results(part, {})
+
+
+def part_data(size: str) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        files = write_parquet(folder, size, seed=0)
+        seconds = time.perf_counter() - start
+        peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(files.interactions, columns=["user_id", "item_id"])
+        per_user = np.bincount(table.column("user_id").to_numpy())[1:]
+        per_item = np.sort(np.bincount(table.column("item_id").to_numpy(), minlength=files.n_items + 1)[1:])[::-1]
+        stats = {
+            "interactions": files.n_interactions, "users": files.n_users, "items": files.n_items,
+            "items_rated": int((per_item > 0).sum()), "row_groups": files.row_groups,
+            "min_ratings_per_user": int(per_user.min()), "median_ratings_per_user": float(np.median(per_user)),
+            "top_1pct_items_share": round(float(per_item[: files.n_items // 100].sum() / per_item.sum()), 3),
+            "interactions_mib": round(files.interactions.stat().st_size / 2**20, 1),
+            "items_mib": round(files.items.stat().st_size / 2**20, 1),
+        }  # fmt: skip
+    part = {f"data_{size}": {"generation_s": round(seconds, 1), "peak_rss_gib": round(peak_gib, 3), **stats}}
+    print(part, flush=True)
+    merge_results(part, {f"data_{size}_generation_s": round(seconds, 1),
+                         f"data_{size}_peak_rss_gib": round(peak_gib, 3)})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", choices=("ann", "ann-libraries", "data"), required=True)
+    parser.add_argument("--items", type=int, help="catalogue size (ann: 1,000,000; ann-libraries: 200,000)")
+    parser.add_argument("--users", type=int, default=1_000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--exact-users", type=int, default=200, help="ann: users timed with exact scoring")
+    parser.add_argument("--budget", type=float, default=480, help="ann: seconds after which optional steps are skipped")
+    parser.add_argument("--size", default="1m", choices=tuple(SIZES), help="data: which named size to generate")
+    args = parser.parse_args()
+    if args.part == "ann":
+        part_ann(args.items or 1_000_000, args.users, args.dim, args.exact_users, args.budget)
+    elif args.part == "ann-libraries":
+        part_libraries(args.items or 200_000, args.users, args.dim)
+    else:
+        part_data(args.size)
+
+
+if __name__ == "__main__":
+    main()
