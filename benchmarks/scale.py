@@ -12,6 +12,11 @@ part merges its figures into benchmarks/results/scale.json, ``ann`` also draws s
   faiss HNSW and hnswlib HNSW on the same 200,000 clustered items, each at a few search efforts (HNSW on the
   Euclidean transform of ``ItemIndex`` too, since on raw inner products its recall stalls).
 - ``data``: ``write_parquet(..., "1m")`` timed, with the process's peak RSS (run it as its own process).
+- ``objective``: the click task's softmax over every warm item vs sampled negatives with the log-Q correction
+  (``tasks.click.negatives: sampled``). Quality: ML-100K u1, the default job (jobs/ml100k-minilm-multitask.yaml,
+  frozen MiniLM, same item encoding for every row), test NDCG@10 and RMSE, epochs picked on validation as the job
+  does. Cost: one click-loss forward + backward at 10^4-10^6 items (random item table, 256 positives, dim 64),
+  the full softmax against 1,024 sampled negatives.
 """
 
 from __future__ import annotations
@@ -254,9 +259,95 @@ def part_data(size: str) -> None:
                          f"data_{size}_peak_rss_gib": round(peak_gib, 3)})
 
 
+def part_objective(samples: list[int], epochs: int | None, catalogues: list[int]) -> None:
+    import torch
+
+    from frozen_item_text import shared_item_text
+    from harness import REPO
+
+    from lmrec.config.base import load_spec
+    from lmrec.config.train import TrainSpec
+    from lmrec.evaluation.evaluate import evaluate_ranking, evaluate_ratings
+    from lmrec.training.data import prepare_data
+    from lmrec.training.local import train_local
+
+    job = REPO / "jobs" / "ml100k-minilm-multitask.yaml"
+    base = load_spec(TrainSpec, job)
+    data = prepare_data(base)
+    item_text = shared_item_text(data)
+    rows = []
+    for n in [None, *samples]:
+        over = {"tasks.click.negatives": "sampled", "tasks.click.num_negatives": n} if n else {}
+        if epochs:
+            over["optim.epochs"] = epochs
+        spec = load_spec(TrainSpec, job, over)
+        torch.manual_seed(0)
+        res = train_local(spec, data, device="cpu", item_text=item_text)
+        rec = res.recommender()
+        row = {"negatives": f"sampled {n}" if n else "all warm items", "num_negatives": n,
+               "u1_ndcg@10": evaluate_ranking(rec, data.train, data.test, data.n_items, ks=(10,),
+                                              exclude_df=data.valid)["ndcg@10"],
+               "u1_rmse": evaluate_ratings(rec, data.test)["rmse"], "epochs": len(res.epochs),
+               "train_seconds": round(res.fit_seconds, 1)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    cost = [click_loss_cost(n_items, samples[-1]) for n_items in catalogues]
+    for c in cost:
+        print(json.dumps(c), flush=True)
+    full, best = rows[0], rows[-1]
+    merge_results({"objective": {"protocol": "ML-100K u1, " + str(job.relative_to(REPO)) + (
+        f", {epochs} epochs" if epochs else "") + "; cost: one click-loss forward+backward, 256 positives, dim 64",
+        "quality": rows, "cost": cost}},
+        {"sampled_vs_full_ndcg_ml100k": round(best["u1_ndcg@10"] / full["u1_ndcg@10"], 4),
+         "sampled_vs_full_rmse_ml100k": round(best["u1_rmse"] / full["u1_rmse"], 4),
+         "click_step_speedup_at_largest_catalogue": cost[-1]["speedup"]})
+
+
+def click_loss_cost(n_items: int, num_negatives: int, repeats: int = 5) -> dict:
+    """Median seconds of one click-loss forward + backward over ``n_items``: every warm item vs a sample."""
+    import torch
+
+    from lmrec.models.tasks import ClickTask, StepContext
+    from lmrec.models.two_tower import TwoTowerModel
+    from lmrec.models.encoder import build_encoder
+
+    torch.manual_seed(0)
+    model = TwoTowerModel(build_encoder("default", "mean", "random-tiny"), 1_000, n_items, dim=64,
+                          ranking_head="interest", interest_bias=True)
+    model.item_tower.seen[:] = True
+    hidden = model.encoder.hidden_size
+    counts = np.random.default_rng(0).zipf(1.3, n_items).clip(max=10**6)
+    out = {"items": n_items}
+    for mode in ("all", "sampled"):
+        task = ClickTask(negatives=mode, num_negatives=num_negatives, max_rows=256)
+        task.set_item_counts(counts)
+        times = []
+        for r in range(repeats):
+            text = torch.randn(n_items, hidden)
+            text_vec = model.item_text_vectors(text)
+            item_vec = model.item_tower.combine(text_vec)
+            user_idx = torch.randint(0, 1_000, (256,))
+            item_idx = torch.as_tensor(np.random.default_rng(r).choice(n_items, 256, p=counts / counts.sum()))
+            ctx = StepContext(user_idx, item_idx, torch.ones(256), text, item_vec, text_vec,
+                              torch.zeros(n_items), torch.randn(256, 64), torch.Generator().manual_seed(r))
+            start = time.perf_counter()
+            loss, _ = task.loss(model, ctx)
+            loss.backward()
+            times.append(time.perf_counter() - start)
+            model.zero_grad(set_to_none=True)
+        out[f"{mode}_seconds"] = round(float(np.median(times)), 4)
+    out["speedup"] = round(out["all_seconds"] / out["sampled_seconds"], 2)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=("ann", "ann-libraries", "data"), required=True)
+    parser.add_argument("--part", choices=("ann", "ann-libraries", "data", "objective"), required=True)
+    parser.add_argument("--samples", type=int, nargs="+", default=[256, 1024],
+                        help="objective: sampled negatives per step, one run each (the last is the summary's)")
+    parser.add_argument("--epochs", type=int, help="objective: epochs (the job's own without)")
+    parser.add_argument("--catalogues", type=int, nargs="+", default=[10_000, 100_000, 1_000_000],
+                        help="objective: catalogue sizes timed")
     parser.add_argument("--items", type=int, help="catalogue size (ann: 1,000,000; ann-libraries: 200,000)")
     parser.add_argument("--users", type=int, default=1_000)
     parser.add_argument("--dim", type=int, default=64)
@@ -268,6 +359,8 @@ def main() -> None:
         part_ann(args.items or 1_000_000, args.users, args.dim, args.exact_users, args.budget)
     elif args.part == "ann-libraries":
         part_libraries(args.items or 200_000, args.users, args.dim)
+    elif args.part == "objective":
+        part_objective(args.samples, args.epochs, args.catalogues)
     else:
         part_data(args.size)
 

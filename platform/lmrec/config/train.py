@@ -122,6 +122,11 @@ class ClickTaskSpec(StrictModel):
     positive_threshold: float | None = Field(None, description="Min rating that counts as a positive (None = all).")
     id_dropout: float = Field(0.5, ge=0, lt=1, description="Chance to drop an item's ID part so text learns to rank.")
     max_rows: int = Field(256, ge=1, description="Positives per step in the softmax over all warm items (cost cap).")
+    negatives: Literal["all", "sampled"] = Field(
+        "all", description="Softmax candidates: every warm item, or the step's positives plus num_negatives items "
+        "sampled by training popularity with the log-Q correction (cost follows the sample: large catalogues).",
+    )
+    num_negatives: int = Field(1024, ge=1, description="Items sampled per step with negatives: sampled.")
 
 
 class RelatedTaskSpec(StrictModel):

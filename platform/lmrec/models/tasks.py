@@ -2,8 +2,10 @@
 
 - ``RatingTask``: MSE of the biased dot product + L2 on the ID rows the batch touches (regularisation strength
   dominates MF quality on MovieLens, see FINDINGS).
-- ``ClickTask``: implicit positives vs every *warm* item (full sampled-softmax / InfoNCE with temperature), item-ID
-  parts randomly dropped so the text part alone learns to rank (this is what makes cold-start ranking work).
+- ``ClickTask``: implicit positives vs every *warm* item (full softmax / InfoNCE with temperature), or vs the batch's
+  positives plus items sampled by popularity with the log-Q correction (``negatives: sampled``: the softmax's cost
+  follows the sample, not the catalogue); item-ID parts randomly dropped so the text part alone learns to rank
+  (this is what makes cold-start ranking work).
 - ``RelatedTask``: items co-consumed by one user are pulled together in the interest space (contrastive).
 
 The total loss is ``sum(weight * loss)`` over tasks with a positive weight (``MultiTaskObjective``).
@@ -84,16 +86,34 @@ class RatingTask:
 
 
 class ClickTask:
-    """Implicit interest: softmax of each positive (user, item) against all warm items."""
+    """Implicit interest: softmax of each positive (user, item) against all warm items, or against a sample.
+
+    ``negatives="sampled"``: the candidates are the step's positives (in-batch negatives for the other rows) plus
+    ``num_negatives`` items drawn with replacement from the training popularity ``q``; every candidate's logit is
+    corrected by ``-log q`` (the log-Q correction of sampled softmax: without it popular items, sampled more often,
+    are over-penalised and the popularity term learns the sampler instead of the data). Call ``set_item_counts``
+    first (the recipe does).
+    """
 
     name = "click"
 
     def __init__(
         self, weight: float = 1.0, temperature: float = 0.1, positive_threshold: float | None = None,
-        id_dropout: float = 0.5, max_rows: int = 256,
+        id_dropout: float = 0.5, max_rows: int = 256, negatives: str = "all", num_negatives: int = 1024,
     ) -> None:
         self.weight, self.temperature = weight, temperature
         self.positive_threshold, self.id_dropout, self.max_rows = positive_threshold, id_dropout, max_rows
+        if negatives not in ("all", "sampled"):
+            raise ValueError(f"negatives must be 'all' or 'sampled', not {negatives!r}")
+        self.negatives, self.num_negatives = negatives, num_negatives
+        self._q: torch.Tensor | None = None  # sampling distribution over items (0 for never-seen items)
+
+    def set_item_counts(self, counts) -> None:
+        """Training interactions per item: the sampler's popularity distribution ``q`` (sampled negatives)."""
+        counts = torch.as_tensor(counts, dtype=torch.float64)
+        if counts.sum() <= 0:
+            raise ValueError("click task: no training interactions to sample negatives from")
+        self._q = (counts / counts.sum()).float()
 
     def loss(self, model: TwoTowerModel, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
         pos = torch.ones_like(ctx.rating, dtype=torch.bool)
@@ -106,15 +126,35 @@ class ClickTask:
         keep = None
         if self.id_dropout > 0:
             keep = (_rand(model.n_items, ctx) >= self.id_dropout).float()
-        cand = model.interest(model.item_tower.combine(ctx.item_text_vec, keep) if keep is not None else ctx.item_vec)
         user = model.interest(ctx.user_vec[pos])
-        logits = (user @ cand.T + model.interest_biases(ctx.text, keep)[None, :]).float() / self.temperature
-        # never-seen items are no negatives: the model would learn "texts like these are never consumed"
-        logits = logits.masked_fill(~model.item_tower.seen[None, :], float("-inf"))
         target = ctx.item_idx[pos]
+        if self.negatives == "sampled":
+            logits, target, _ = self._sampled_logits(model, ctx, user, target, keep)
+        else:
+            cand = model.interest(model.item_tower.combine(ctx.item_text_vec, keep) if keep is not None
+                                  else ctx.item_vec)
+            logits = (user @ cand.T + model.interest_biases(ctx.text, keep)[None, :]).float() / self.temperature
+            # never-seen items are no negatives: the model would learn "texts like these are never consumed"
+            logits = logits.masked_fill(~model.item_tower.seen[None, :], float("-inf"))
         loss = F.cross_entropy(logits, target)
         acc = float((logits.detach().argmax(1) == target).float().mean())
         return loss, {"acc": acc}
+
+    def _sampled_logits(self, model: TwoTowerModel, ctx: StepContext, user: torch.Tensor, target: torch.Tensor,
+                        keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits over the positives + sampled items (log-Q corrected), each row's target among them, and the
+        candidates' item indices."""
+        if self._q is None:
+            raise RuntimeError("click task with sampled negatives: set_item_counts was not called")
+        sampled = torch.multinomial(self._q, self.num_negatives, replacement=True, generator=ctx.generator)
+        # duplicates collapse: each candidate appears once, so a row's own positive is never also a "negative"
+        cand, inverse = torch.unique(torch.cat([target, sampled.to(target.device)]), return_inverse=True)
+        rows_keep = keep[cand] if keep is not None else None
+        vec = model.interest(model.item_tower.combine(ctx.item_text_vec[cand], rows_keep, rows=cand))
+        bias = model.interest_biases(ctx.text[cand], rows_keep, rows=cand)
+        log_q = self._q.to(cand.device)[cand].clamp_min(1e-12).log()
+        logits = (user @ vec.T + bias[None, :]).float() / self.temperature - log_q[None, :]
+        return logits, inverse[: len(target)], cand
 
 
 class RelatedTask:

@@ -36,14 +36,17 @@ class ItemTower(nn.Module):
         """Vectors of all items. ``text_hidden`` is [n_items, hidden]; ``id_keep`` an optional extra 0/1 gate."""
         return self.combine(self.text_proj(text_hidden.to(self.text_proj.weight.dtype)), id_keep)
 
-    def combine(self, text_vec: torch.Tensor, id_keep: torch.Tensor | None = None) -> torch.Tensor:
-        """Add the gated ID part to already projected text vectors (lets a step project the text only once)."""
+    def combine(self, text_vec: torch.Tensor, id_keep: torch.Tensor | None = None,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Add the gated ID part to already projected text vectors (lets a step project the text only once).
+        ``rows``: the item indices ``text_vec`` holds (a sampled softmax's candidates); all items without."""
         vec = text_vec
         if self.id_embedding is not None:
-            gate = self.seen.to(vec.dtype)
+            gate = (self.seen if rows is None else self.seen[rows]).to(vec.dtype)
             if id_keep is not None:
                 gate = gate * id_keep.to(vec.dtype)
-            vec = vec + gate[:, None] * self.id_embedding.weight
+            ids = self.id_embedding.weight if rows is None else self.id_embedding(rows)
+            vec = vec + gate[:, None] * ids
         return vec
 
 

@@ -128,16 +128,19 @@ class TwoTowerModel(nn.Module):
         gate = self.item_tower.seen.to(text_table.dtype)
         return gate * self.item_bias.weight[:, 0] + self.text_bias(text_table)[:, 0]
 
-    def interest_biases(self, text_table: torch.Tensor, id_keep: torch.Tensor | None = None) -> torch.Tensor:
+    def interest_biases(self, text_table: torch.Tensor, id_keep: torch.Tensor | None = None,
+                        rows: torch.Tensor | None = None) -> torch.Tensor:
         """[n_items] additive term of the interest score (cosine units): the item-ID part, gated off for unseen
         items (and for items whose ID is dropped, ``id_keep`` = 0), plus the text read-out; zeros without
-        ``interest_bias``."""
+        ``interest_bias``. ``rows``: the item indices ``text_table`` holds (all items without)."""
         if not self.interest_bias:
-            return text_table.new_zeros(self.n_items)
-        gate = self.item_tower.seen.to(text_table.dtype)
+            return text_table.new_zeros(len(text_table))
+        seen = self.item_tower.seen if rows is None else self.item_tower.seen[rows]
+        gate = seen.to(text_table.dtype)
         if id_keep is not None:
             gate = gate * id_keep.to(gate.dtype)
-        return gate * self.interest_item_bias.weight[:, 0] + self.interest_text_bias(text_table)[:, 0]
+        item_part = self.interest_item_bias.weight[:, 0] if rows is None else self.interest_item_bias(rows)[:, 0]
+        return gate * item_part + self.interest_text_bias(text_table)[:, 0]
 
     @torch.no_grad()
     def init_interest_biases(self, item_idx: np.ndarray, scale: float) -> dict[str, float]:

@@ -63,7 +63,8 @@ def build_objective(spec: TrainSpec, extra_tasks: list | None = None) -> MultiTa
     t = spec.tasks
     return MultiTaskObjective([
         RatingTask(t.rating.weight, t.rating.l2, t.rating.id_l2),
-        ClickTask(t.click.weight, t.click.temperature, t.click.positive_threshold, t.click.id_dropout, t.click.max_rows),
+        ClickTask(t.click.weight, t.click.temperature, t.click.positive_threshold, t.click.id_dropout, t.click.max_rows,
+                  t.click.negatives, t.click.num_negatives),
         RelatedTask(t.related.weight, t.related.temperature, t.related.max_rows),
         *(extra_tasks or []),
     ])
@@ -147,6 +148,8 @@ class TwoTowerRecipe:
         log.info("strategy %s: %d of %d parameters train (encoder: %d of %d)", spec.strategy.name, count.trainable,
                  count.total, enc_count.trainable, enc_count.total)
         self.objective = build_objective(spec, self.strategy.extra_tasks())
+        if (click := self.objective.task("click")) is not None:  # the sampler's popularity (sampled negatives)
+            click.set_item_counts(np.bincount(data.train["item_idx"].to_numpy(), minlength=data.n_items))
         self.train_module = TwoTowerTrain(
             self.model, self.objective, torch.as_tensor(data.item_tokens).to(self.device),
             torch.as_tensor(data.item_lengths).to(self.device), self.autocast_dtype,
