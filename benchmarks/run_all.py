@@ -70,6 +70,8 @@ BENCHMARKS = (
     Benchmark("scale_ann", "scale.py", 12, args=("--part", "ann"), modules=("faiss", "matplotlib")),
     # the transfer benchmark proper: made for a GPU (about 5 minutes on one H200), hours on a CPU
     Benchmark("transfer", "transfer.py", 5, modules=("matplotlib",), gpu=True),
+    # the training step vs a plain loop, per engine (issue 19); `--tiny` is its CPU smoke run (tests/configs)
+    Benchmark("gpu_step", "gpu_step.py", 5, modules=("matplotlib",), gpu=True),
 )
 
 

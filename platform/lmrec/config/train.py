@@ -183,6 +183,22 @@ class OptimSpec(StrictModel):
     )
     grad_clip: float = Field(1.0, ge=0, description="Max global grad norm (0 = no clipping).")
     log_every_steps: int = Field(20, ge=1, description="Progress log period in steps.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute the training encoder's block activations in backward instead of keeping "
+        "them: less memory (larger encoders, more items per step) for about a third more encoder compute.",
+    )
+    compile: bool = Field(
+        False, description="torch.compile the training encoder's forward (dynamic shapes): a one-off compile, "
+        "then faster steps on a GPU; needs a working compiler toolchain (Inductor).",
+    )
+
+    @model_validator(mode="after")
+    def _encoder_options_need_a_training_encoder(self) -> "OptimSpec":
+        asked = [name for name in ("gradient_checkpointing", "compile") if getattr(self, name)]
+        if asked and not self.finetune_encoder:
+            raise ValueError(f"optim.{' and optim.'.join(asked)} apply to an encoder that trains; this one is frozen "
+                             f"(lr_encoder > 0 and items_encoded_per_step > 0 or encode_items: catalog train it)")
+        return self
 
     @property
     def finetune_encoder(self) -> bool:

@@ -99,6 +99,26 @@ class TextEncoder(nn.Module):
         return F.normalize(vec, dim=-1) if self.normalize else vec
 
 
+def enable_checkpointing(encoder: TextEncoder) -> None:
+    """Recompute each transformer block's activations in backward instead of storing them (Hugging Face's
+    activation checkpointing, non-reentrant: the pooled output of a step is unchanged)."""
+    backbone = encoder.backbone
+    if hasattr(backbone, "activation_checkpointing_enable"):  # transformers >= 5.x (the old name warns there)
+        backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def eval_mode_keep_checkpointing(encoder: TextEncoder) -> None:
+    """``encoder.eval()`` (no dropout), except that checkpointed blocks keep their own train flag: Hugging Face
+    recomputes a block only while it is training, and the recipe trains the encoder in eval mode. A block's own flag
+    is read only by the checkpoint wrapper; its dropout and attention submodules stay in eval mode."""
+    encoder.eval()
+    for module in encoder.modules():
+        if getattr(module, "gradient_checkpointing", False) is True:
+            module.training = True
+
+
 def pool_tokens(states: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
     """[n, len, hidden] token states of right-padded rows -> [n, hidden]."""
     if pooling == "cls":

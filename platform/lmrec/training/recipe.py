@@ -30,7 +30,9 @@ from torch import nn
 
 from lmrec.config.train import TrainSpec
 from lmrec.evaluation.evaluate import test_metrics, validation_metrics
-from lmrec.models.encoder import build_encoder, load_tokenizer
+from lmrec.models.encoder import (
+    TextEncoder, build_encoder, enable_checkpointing, eval_mode_keep_checkpointing, load_tokenizer,
+)
 from lmrec.models.tasks import ClickTask, MultiTaskObjective, RatingTask, RelatedTask, StepContext
 from lmrec.models.two_tower import TwoTowerModel, TwoTowerRecommender
 from lmrec.strategies.components import StrategyHooks
@@ -106,19 +108,25 @@ class TwoTowerRecipe:
     """Model + optimizer + engine for one worker; see the module docstring for the step design.
 
     ``item_text``: the pooled text of every item, already encoded by this run's (pretrained) encoder; skips the
-    first full encoding (benchmarks share one encoding between runs).
+    first full encoding (benchmarks share one encoding between runs). ``encoder``: a built encoder instead of
+    ``spec.model.encoder``'s (benchmarks of random-init shapes; it must fit the tokenizer ``data`` was made with).
     """
 
     def __init__(self, spec: TrainSpec, data: PreparedData, *, device: torch.device, world_size: int = 1,
                  rank: int = 0, item_text: torch.Tensor | None = None,
-                 init_state: dict | None = None) -> None:
+                 init_state: dict | None = None, encoder: TextEncoder | None = None) -> None:
         self.spec, self.data, self.device = spec, data, torch.device(device)
         self.world_size, self.rank = world_size, rank
         torch.manual_seed(spec.seed)
         self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
+        # where each step draws the items it encodes: on the device on a GPU (train_epoch)
+        self.select_on_device = self.device.type == "cuda"
         o = spec.optim
         start = time.perf_counter()
-        self.model = build_model(spec, data.n_users, data.n_items, spec.strategy.student_encoder(spec)).to(self.device)
+        student = spec.strategy.student_encoder(spec)
+        if encoder is not None and student is not None:
+            raise ValueError(f"strategy {spec.strategy.name} builds its own encoder: pass no encoder")
+        self.model = build_model(spec, data.n_users, data.n_items, student or encoder).to(self.device)
         # before adapters or freezing: the full count bounds what any strategy trains
         engine = resolve_engine(spec.scaling.engine, self.device, count_parameters(self.model).total)
         self.engine_name, self.engine_reason = engine.name, engine.reason
@@ -141,6 +149,10 @@ class TwoTowerRecipe:
                             f"lacks hooks; return a subclass of lmrec.strategies.components.StrategyHooks")
         enc_count = count_parameters(self.model.encoder)
         self.model.to(self.device)  # adapters (LoRA) are created on the CPU
+        if o.gradient_checkpointing:  # on the encoder as it trains (after adapters); the spec refuses a frozen one
+            enable_checkpointing(self.model.encoder)
+        if o.compile:
+            self.model.encoder.compile(dynamic=True)  # in place: the state dict keeps its keys (checkpoints, artifacts)
         count = count_parameters(self.model)
         self.trainable_params = {"trainable_params": float(count.trainable), "total_params": float(count.total),
                                  "encoder_trainable_params": float(enc_count.trainable),
@@ -261,9 +273,15 @@ class TwoTowerRecipe:
         o = self.spec.optim
         self.train_module.train()
         if not o.encoder_dropout:
-            self.model.encoder.eval()  # rows encoded with gradient then match the eval-mode cache and serving
+            # rows encoded with gradient then match the eval-mode cache and serving
+            eval_mode_keep_checkpointing(self.model.encoder)
         rng = np.random.default_rng([self.spec.seed, epoch, self.rank])
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        # on a GPU the items to encode are drawn there (no host round trip per step); the CPU keeps NumPy's draws,
+        # which the committed CPU results were made with
+        device_gen = None
+        if self.select_on_device:
+            device_gen = torch.Generator(self.device).manual_seed(int(rng.integers(2**31)))
         k = o.items_encoded_per_step if o.finetune_encoder else 0
         sums: dict[str, float] = {}
         steps = rows = encoded = 0
@@ -286,11 +304,13 @@ class TwoTowerRecipe:
                 and self.strategy.encoder_trains(epoch, global_step)
             encoder_stepped |= trains
             if trains and o.encode_items == "catalog":
-                pick = np.arange(self.data.n_items)
+                enc = torch.arange(self.data.n_items, device=self.device)
+            elif device_gen is not None:
+                enc = select_items(i, k, device_gen) if trains else i[:0]
             else:
                 uniq = np.unique(np.asarray(batch["item_idx"]))
                 pick = rng.choice(uniq, size=min(k, len(uniq)), replace=False) if trains else uniq[:0]
-            enc = torch.as_tensor(np.sort(pick), dtype=torch.long, device=self.device)
+                enc = torch.as_tensor(np.sort(pick), dtype=torch.long, device=self.device)
             self._set_lr(global_step)
             loss, logs, fresh = self.engine.module(u, i, r, enc, gen)
             self.engine.step(loss)
@@ -425,6 +445,15 @@ class TwoTowerRecipe:
                 # model's own history keeps the last max_history items only)
                 seen=(self.data.train["user_idx"].to_numpy(), self.data.train["item_idx"].to_numpy()),
             ))
+
+
+def select_items(item_idx: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Up to ``k`` of the distinct items of ``item_idx``, uniformly without replacement, sorted, on the batch's device
+    (``generator`` lives there too): the same draws for the same seed, no copy to the host."""
+    uniq = torch.unique(item_idx)
+    if k >= len(uniq):
+        return uniq
+    return uniq[torch.randperm(len(uniq), generator=generator, device=uniq.device)[:k]].sort().values
 
 
 def run_epochs(recipe: TwoTowerRecipe, first_epoch: int, default_batches: Callable[[int], Iterable[dict]],
