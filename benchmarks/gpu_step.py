@@ -192,7 +192,8 @@ def lmrec_step(shape: str, data, base: dict, device: torch.device, vocab: int, e
                "batch_size": recipe.batch_size, "tokens_per_s": round(tokens_per_s),
                "padded_width": round(tokens[0] / max(logs["items_encoded"], 1), 1),
                "peak_memory_gib": peak_gib(device), "allocated_at_start_gib": held,
-               "mfu": mfu(params, tokens_per_s, device), "encoder_params": params, "loss": round(logs.get("loss", float("nan")), 4)}
+               "mfu": mfu(params, tokens_per_s, device), "encoder_params": params,
+               "loss": round(logs.get("loss", float("nan")), 4)}
         if cap_gib is not None:
             out["memory_cap_gib"] = cap_gib
             out["fits_cap"] = out["peak_memory_gib"] <= cap_gib
