@@ -116,6 +116,13 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     return main_ensemble(args.spec, parse_overrides(args.set or []))  # SpecError: main() reports
 
 
+def _cmd_recommend_batch(args: argparse.Namespace) -> int:
+    from lmrec.pipelines.recommend_batch import main_recommend_batch
+    from lmrec.training.ray_train import parse_overrides
+
+    return main_recommend_batch(args.spec, parse_overrides(args.set or []))  # SpecError: main() reports
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from lmrec.serving.cli import main_serve
 
@@ -130,12 +137,12 @@ def _cmd_specs_list(args: argparse.Namespace) -> int:
     from lmrec.config.shipped import shipped_specs
 
     specs = shipped_specs()
-    name_w = max(len(s.name) for s in specs)
-    room = max(20, shutil.get_terminal_size((120, 24)).columns - name_w - 12)
-    print(f"{'NAME':<{name_w}}  {'KIND':<9}  DESCRIPTION")
+    name_w, kind_w = max(len(s.name) for s in specs), max(len(s.kind) for s in specs)
+    room = max(20, shutil.get_terminal_size((120, 24)).columns - name_w - kind_w - 3)
+    print(f"{'NAME':<{name_w}}  {'KIND':<{kind_w}}  DESCRIPTION")
     for s in specs:
         text = s.description if len(s.description) <= room else s.description[: room - 1] + "…"
-        print(f"{s.name:<{name_w}}  {s.kind:<9}  {text}")
+        print(f"{s.name:<{name_w}}  {s.kind:<{kind_w}}  {text}")
     return 0
 
 
@@ -245,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("spec", help="jobs/ensemble.yaml")
     en.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a dotted spec key (repeatable)")
     en.set_defaults(func=_cmd_ensemble)
+
+    rb = sub.add_parser("recommend-batch", help="offline batch inference: the top k items of every user of an "
+                        "artifact (any kind Serve loads) to Parquet, on Ray Data")
+    rb.add_argument("spec", help="jobs/recommend-batch.yaml")
+    rb.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a dotted spec key (repeatable)")
+    rb.set_defaults(func=_cmd_recommend_batch)
 
     sv = sub.add_parser("serve", help="run a Serve config locally (on a cluster: serve deploy <file>)")
     sv.add_argument("config", nargs="?", help="serve/<app>.yaml (or give --artifact instead)")

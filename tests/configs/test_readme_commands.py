@@ -100,7 +100,7 @@ def test_command_parses_and_names_a_real_spec(where, args):
     unknown = {a.split("=", 1)[0] for a in args if a.startswith("--")} - _option_strings(build_parser())
     assert not unknown, f"{where}: not the full name of any lmrec flag: {sorted(unknown)}"
     command = ns.command
-    if command in ("train", "tune", "ensemble", "serve"):
+    if command in ("train", "tune", "ensemble", "recommend-batch", "serve"):
         spec = ns.config if command == "serve" else ns.spec
         if spec is None:  # `lmrec serve --artifact DIR`: the artifact is what an earlier command wrote
             assert command == "serve" and ns.artifact, f"{where}: neither a config nor --artifact"

@@ -20,7 +20,8 @@ def _runs_with(path: Path, command: str) -> bool:
 TOP_SPECS = sorted((ROOT / "jobs").glob("*.yaml")) + sorted((ROOT / "jobs" / "tuned").glob("*.yaml")) + sorted(
     (ROOT / "jobs" / "examples").glob("*.yaml"))
 ENSEMBLE_SPECS = [p for p in TOP_SPECS if _runs_with(p, "ensemble")]
-JOB_SPECS = [p for p in TOP_SPECS if p not in ENSEMBLE_SPECS]
+BATCH_SPECS = [p for p in TOP_SPECS if _runs_with(p, "recommend-batch")]
+JOB_SPECS = [p for p in TOP_SPECS if p not in ENSEMBLE_SPECS + BATCH_SPECS]
 STRATEGY_SPECS = sorted((ROOT / "jobs" / "strategies").glob("*.yaml"))
 SERVE_CONFIGS = sorted((ROOT / "serve").glob("*.yaml"))
 TUNE_SPECS = sorted((ROOT / "tune").glob("*.yaml"))
@@ -28,7 +29,7 @@ ALL = TOP_SPECS + STRATEGY_SPECS + SERVE_CONFIGS + TUNE_SPECS
 
 
 def test_there_are_specs():
-    assert JOB_SPECS and ENSEMBLE_SPECS and SERVE_CONFIGS
+    assert JOB_SPECS and ENSEMBLE_SPECS and BATCH_SPECS and SERVE_CONFIGS
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: str(p.relative_to(ROOT)))
@@ -49,6 +50,15 @@ def test_ensemble_specs_validate(path):
 
     spec = load_spec(EnsembleSpec, path)
     assert set(spec.members) <= set(MEMBERS) and len(spec.members) >= 2 and spec.output_dir
+
+
+@pytest.mark.parametrize("path", BATCH_SPECS, ids=lambda p: p.name)
+def test_recommend_batch_specs_validate(path):
+    from lmrec.config.recommend_batch import RecommendBatchSpec
+    from lmrec.config.shipped import spec_kind
+
+    spec = load_spec(RecommendBatchSpec, path)
+    assert spec.k >= 1 and spec.artifact and spec.output and spec_kind(path) == "recommend-batch"
 
 
 @pytest.mark.parametrize("path", STRATEGY_SPECS, ids=lambda p: p.name)

@@ -47,6 +47,11 @@ DOCUMENTS = (
              "A fused ensemble of trained members: `lmrec ensemble jobs/ensemble.yaml [--set key=value ...]` fits "
              "the fusion weights on the members' validation split and writes an ensemble artifact; Serve loads it "
              "with `ensemble_artifact` in the app args."),
+    Document("recommend-batch", "Batch inference spec (`jobs/recommend-batch.yaml`)",
+             "lmrec.config.recommend_batch:RecommendBatchSpec",
+             "Offline batch inference: `lmrec recommend-batch jobs/recommend-batch.yaml [--set key=value ...]` "
+             "writes the top k items of every user of an artifact (any kind Serve loads) to Parquet, scored by "
+             "Ray Data actors that each load the artifact once."),
     Document("serve", "Serve application args (`serve/*.yaml`: `applications[].args`)",
              "lmrec.serving.app:ServeAppArgs",
              "The `args:` block of an application whose `import_path` is `lmrec.serving.app:build_app`; the rest "

@@ -25,7 +25,7 @@ from typing import Literal, get_args
 
 from lmrec.config.base import SpecError, load_spec, load_yaml
 
-Kind = Literal["train", "tune", "ensemble", "serve", "deepspeed"]
+Kind = Literal["train", "tune", "ensemble", "recommend-batch", "serve", "deepspeed"]
 KINDS: tuple[str, ...] = get_args(Kind)
 FOLDERS = ("jobs", "tune", "serve")  # the repository folders linked into lmrec/specs/
 SUFFIXES = (".yaml", ".json")
@@ -121,6 +121,8 @@ def spec_kind(path: str | Path) -> Kind:
         return "tune"
     if "members" in data:
         return "ensemble"
+    if "artifact" in data and "output" in data:
+        return "recommend-batch"
     return "train"
 
 
@@ -174,6 +176,12 @@ def _check_ensemble(path: Path, overrides: dict) -> None:
     load_spec(EnsembleSpec, path, overrides)
 
 
+def _check_recommend_batch(path: Path, overrides: dict) -> None:
+    from lmrec.config.recommend_batch import RecommendBatchSpec
+
+    load_spec(RecommendBatchSpec, path, overrides)  # the artifact is checked when the job starts, before Ray
+
+
 def _check_serve(path: Path, overrides: dict) -> None:
     from lmrec.serving.cli import load_serve_config
 
@@ -193,8 +201,8 @@ def _check_deepspeed(path: Path, overrides: dict) -> None:
         raise SpecError(f"{path}: a DeepSpeed config must be a JSON object, got {type(cfg).__name__}")
 
 
-_CHECKS = {"train": _check_train, "tune": _check_tune, "ensemble": _check_ensemble, "serve": _check_serve,
-           "deepspeed": _check_deepspeed}
+_CHECKS = {"train": _check_train, "tune": _check_tune, "ensemble": _check_ensemble,
+           "recommend-batch": _check_recommend_batch, "serve": _check_serve, "deepspeed": _check_deepspeed}
 
 
 def validate_spec(path: str | Path, kind: Kind | None = None, overrides: dict | None = None) -> Kind:
