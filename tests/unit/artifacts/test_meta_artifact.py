@@ -41,7 +41,9 @@ def test_round_trip_scores_identically(tmp_path, item_ids):
         want_t, got_t = model.item_tables(), art.model.item_tables()
         want = model.init_fast(support, want_t) @ torch.cat([want_t.vec, want_t.rating_bias[:, None]], 1).T
         got = art.model.init_fast(support, got_t) @ torch.cat([got_t.vec, got_t.rating_bias[:, None]], 1).T
-    assert torch.equal(want, got) and (art.model.item_id is not None) == item_ids
+    # same weights; the matmul may take another kernel path on the loaded tensors (last-bit differences)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert (art.model.item_id is not None) == item_ids
 
 
 def test_altered_or_foreign_folders_are_refused(tmp_path):
