@@ -30,6 +30,8 @@ def test_trains_on_gpu(engine, monkeypatch):
     val = [e["val_rmse"] for e in res.epochs]
     assert len(val) == 2 and all(v == v for v in val)  # finite
     assert next(res.recipe.model.parameters()).device.type == "cuda"
+    # DDP steps with the fused AdamW kernel; DeepSpeed keeps a plain one (it may step offloaded partitions)
+    assert bool(res.recipe.optimizer.defaults.get("fused")) == (engine == "ddp")
 
 
 def test_auto_picks_by_memory_on_this_gpu():
