@@ -90,9 +90,9 @@ class ClickTask:
 
     ``negatives="sampled"``: the candidates are the step's positives (in-batch negatives for the other rows) plus
     ``num_negatives`` items drawn with replacement from the training popularity ``q``; every candidate's logit is
-    corrected by ``-log q`` (the log-Q correction of sampled softmax: without it popular items, sampled more often,
-    are over-penalised and the popularity term learns the sampler instead of the data). Call ``set_item_counts``
-    first (the recipe does).
+    corrected by minus the log-probability that it is among the candidates (the log-Q correction of sampled
+    softmax: without it popular items, drawn more often, are over-penalised and the popularity term learns the
+    sampler instead of the data). Call ``set_item_counts`` first (the recipe does).
     """
 
     name = "click"
@@ -152,7 +152,13 @@ class ClickTask:
         rows_keep = keep[cand] if keep is not None else None
         vec = model.interest(model.item_tower.combine(ctx.item_text_vec[cand], rows_keep, rows=cand))
         bias = model.interest_biases(ctx.text[cand], rows_keep, rows=cand)
-        log_q = self._q.to(cand.device)[cand].clamp_min(1e-12).log()
+        # log-Q: the log-probability that the candidate is in the set. The positives are draws from the data, the
+        # negatives from q (its estimate), so the set is len(target) + num_negatives draws from q, and item j is in
+        # it with probability 1 - (1 - q_j)^draws: ~draws * q_j for a rare item, 1 for a popular one (correcting by
+        # log q_j alone would under-weigh popular items, which the set holds once however often they are drawn)
+        draws = len(target) + self.num_negatives
+        q = self._q.to(cand.device)[cand].double()
+        log_q = torch.log(-torch.expm1(draws * torch.log1p(-q.clamp(max=1 - 1e-12)))).float()
         logits = (user @ vec.T + bias[None, :]).float() / self.temperature - log_q[None, :]
         return logits, inverse[: len(target)], cand
 

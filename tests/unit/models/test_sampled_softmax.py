@@ -1,5 +1,6 @@
 """The click task's sampled softmax (``tasks.click.negatives: sampled``): the step's positives plus items drawn by
-training popularity, each logit corrected by ``-log q``; never-seen items are neither sampled nor trained."""
+training popularity, each logit corrected by minus the log-probability that its item is a candidate; never-seen
+items are neither sampled nor trained."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def step_context(recipe, rows: int = 48, seed: int = 0) -> StepContext:
                        item_vec, text_vec, model.item_biases(text), user_vec, torch.Generator().manual_seed(seed))
 
 
-def test_logits_are_the_full_softmax_logits_minus_log_q_over_positives_and_samples(recipe):
+def test_logits_are_the_full_softmax_logits_corrected_by_inclusion_probability(recipe):
     model, task = recipe.model, recipe.objective.task("click")
     assert task.negatives == "sampled" and task.num_negatives == 12
     ctx = step_context(recipe)
@@ -54,7 +55,9 @@ def test_logits_are_the_full_softmax_logits_minus_log_q_over_positives_and_sampl
         full = (user @ model.interest(ctx.item_vec).T + model.interest_biases(ctx.text)[None, :]) / task.temperature
     count = np.bincount(recipe.data.train["item_idx"], minlength=recipe.data.n_items)
     q = count / count.sum()
-    np.testing.assert_allclose(logits.numpy(), full[:, cand].numpy() - np.log(q[cand.numpy()])[None, :], rtol=1e-5,
+    # each logit less the log-probability that its item is among the candidates (len(positives) + 12 draws from q)
+    inclusion = 1 - (1 - q[cand.numpy()]) ** (len(ctx.item_idx) + 12)
+    np.testing.assert_allclose(logits.numpy(), full[:, cand].numpy() - np.log(inclusion)[None, :], rtol=1e-5,
                                atol=1e-5)
     assert torch.equal(cand[target], ctx.item_idx)  # each row's label is its own positive
     assert len(cand) == len(set(cand.tolist()))  # a positive is never also listed as a negative
@@ -87,3 +90,17 @@ def test_sampled_negatives_need_the_item_counts():
         task._sampled_logits(None, None, None, None, None)
     with pytest.raises(ValueError, match="negatives"):
         ClickTask(negatives="some")
+
+
+def test_with_enough_samples_the_loss_is_the_full_softmax_loss(recipe):
+    """Every seen item drawn, each surely a candidate: no correction left, the full softmax over warm items."""
+    model, task = recipe.model, recipe.objective.task("click")
+    full_task = ClickTask(negatives="all", id_dropout=0.0, temperature=task.temperature)
+    big = ClickTask(negatives="sampled", num_negatives=200_000, id_dropout=0.0, temperature=task.temperature)
+    big.set_item_counts(np.bincount(recipe.data.train["item_idx"], minlength=recipe.data.n_items))
+    with torch.no_grad():
+        full_loss, _ = full_task.loss(model, step_context(recipe))
+        sampled_loss, _ = big.loss(model, step_context(recipe))
+        few_loss, _ = task.loss(model, step_context(recipe))  # 12 samples: a different (smaller) sum
+    assert float(sampled_loss) == pytest.approx(float(full_loss), rel=1e-4)
+    assert float(few_loss) != pytest.approx(float(full_loss), rel=1e-2)
