@@ -26,7 +26,7 @@ import yaml
 from lmrec.config.base import load_spec
 from lmrec.config.train import TrainSpec
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # minutes: a study interrupted, resumed, exported, trained
 
 REPO = Path(__file__).resolve().parents[2]
 TUNE_SPEC = REPO / "tests" / "configs" / "tiny_tune.yaml"
