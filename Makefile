@@ -35,7 +35,7 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/lmrec demo
 
-# the default suite (about 18 min on 2 cores); the minutes-long fault-injection and lifecycle tests (Tune interrupt
+# the default suite (about 19 min on 2 cores); the minutes-long fault-injection and lifecycle tests (Tune interrupt
 # and resume among them) run with `make test-heavy`
 test: setup
 	$(BIN)/python -m pytest -q -m "not heavy"
