@@ -257,14 +257,13 @@ def build_bare_app(args: ServeAppArgs, tokens=None):
     from lmrec.serving.auth import Tokens
     from lmrec.serving.catalog import ItemCatalogCore
     from lmrec.serving.encoder_service import TextEncoderCore
-    from lmrec.serving.members import ItemItemMember, MFMember, TwoTowerMember
+    from lmrec.serving.members import MEMBER_CLASSES
     from lmrec.serving.metrics import ServiceMetrics
     from lmrec.serving.router import EnsembleRouter
 
     args = resolve_ensemble(ServeAppArgs.model_validate(args) if not isinstance(args, ServeAppArgs) else args)
     check_artifacts(args)
-    member_cls = {"two_tower": TwoTowerMember, "mf": MFMember, "ease": ItemItemMember, "item_knn": ItemItemMember}
-    members = {m: local_member(member_cls[m](args.artifact(m)))
+    members = {m: local_member(MEMBER_CLASSES[m](args.artifact(m)))
                for m in ("two_tower", *COLLABORATIVE) if args.artifact(m) is not None}
     router = EnsembleRouter(
         members, LocalHandle(_LocalEncoder(TextEncoderCore(args.two_tower_artifact))), LocalHandle(ItemCatalogCore()),

@@ -24,21 +24,22 @@ import numpy as np
 import pandas as pd
 
 from lmrec.artifacts.ann import ItemIndex, top_k_rows
+from lmrec.artifacts.ensemble import ENSEMBLE_FORMAT
+from lmrec.artifacts.item_item import ITEM_ITEM_FORMAT
 from lmrec.artifacts.manifest import ArtifactError, artifact_format
+from lmrec.artifacts.mf import MF_FORMAT
 from lmrec.artifacts.tables import IdMap, ScoreTable
+from lmrec.artifacts.two_tower import FORMAT as TWO_TOWER_FORMAT
 from lmrec.storage import local_artifact, normalize
 
-# artifact format -> the member class Serve scores it with (an ensemble resolves to several of them)
-MEMBER_OF_FORMAT = {"lmrec.two_tower/1": "two_tower", "lmrec.mf/1": "mf", "lmrec.item_item/1": "item_item"}
-ENSEMBLE_FORMAT = "lmrec.ensemble/1"
+# artifact format -> the member Serve scores it with (an ensemble resolves to several of them)
+MEMBER_OF_FORMAT = {TWO_TOWER_FORMAT: "two_tower", MF_FORMAT: "mf", ITEM_ITEM_FORMAT: "ease"}
 
 
 def _member(kind: str, location: str | Path):
-    from lmrec.serving.members import ItemItemMember, MFMember, TwoTowerMember
+    from lmrec.serving.members import MEMBER_CLASSES
 
-    cls = {"two_tower": TwoTowerMember, "mf": MFMember, "ease": ItemItemMember, "item_knn": ItemItemMember,
-           "item_item": ItemItemMember}[kind]
-    return cls(location)
+    return MEMBER_CLASSES[kind](location)
 
 
 class BatchRecommender:

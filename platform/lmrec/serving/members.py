@@ -274,3 +274,7 @@ class ItemItemMember:
             return {"sha256": self.sha256, "scores": None}
         values = self.art.history_values(ratings)
         return {"sha256": self.sha256, "scores": self.table.scores_of_history(i, values)}
+
+
+# member name (an ensemble's, or a Serve config's) -> the class that loads and scores that artifact
+MEMBER_CLASSES = {"two_tower": TwoTowerMember, "mf": MFMember, "ease": ItemItemMember, "item_knn": ItemItemMember}

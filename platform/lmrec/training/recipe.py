@@ -160,7 +160,8 @@ class TwoTowerRecipe:
         log.info("strategy %s: %d of %d parameters train (encoder: %d of %d)", spec.strategy.name, count.trainable,
                  count.total, enc_count.trainable, enc_count.total)
         self.objective = build_objective(spec, self.strategy.extra_tasks())
-        if (click := self.objective.task("click")) is not None:  # the sampler's popularity (sampled negatives)
+        click = self.objective.task("click")
+        if click is not None and click.negatives == "sampled":  # the sampler's popularity
             click.set_item_counts(np.bincount(data.train["item_idx"].to_numpy(), minlength=data.n_items))
         self.train_module = TwoTowerTrain(
             self.model, self.objective, torch.as_tensor(data.item_tokens).to(self.device),

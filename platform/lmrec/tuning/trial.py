@@ -144,10 +144,8 @@ def _exported(artifact: Path) -> bool:
     from lmrec.artifacts.manifest import ArtifactError, verify_artifact
     from lmrec.artifacts.two_tower import FORMAT
 
-    if not (artifact / "manifest.json").is_file():
-        return False
     try:
-        verify_artifact(artifact, FORMAT)
+        verify_artifact(artifact, FORMAT)  # a missing or unreadable manifest is an ArtifactError too
     except (ArtifactError, OSError):
         return False
     return True
