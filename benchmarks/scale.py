@@ -1,13 +1,18 @@
 """Scale: retrieval over 10^6 items and synthetic data of MovieLens-25M shape (parts of issue "Scale").
 
-Run: ``nice -n 10 python benchmarks/scale.py --part ann`` (then ``--part ann-libraries``, ``--part data``; each
-part merges its figures into benchmarks/results/scale.json, ``ann`` also draws scale.png).
+Run: ``nice -n 10 python benchmarks/scale.py --part ann`` (then ``--part ann-serve``, ``--part ann-libraries``,
+``--part data``; each part merges its figures into benchmarks/results/scale.json, ``ann`` also draws scale.png).
 
 - ``ann``: 10^6 clustered item vectors (``lmrec.data.synthetic.clustered_vectors``, dim 64) and 1,000 users, k = 100.
   One ``/recommend``-sized query (batch 1) at a time: exact scoring (``ItemIndex`` below its threshold: dense
   product + partial sort) vs the faiss IVF index at several ``nprobe``; recall@100 against the exact top 100.
   ``summary.ann_recall_at_100`` and ``summary.ann_speedup_vs_exact`` (median exact latency ÷ median ANN latency) are
   at the index's default nprobe. Uniform random vectors (no neighbourhoods: the worst case) are reported beside.
+- ``ann-serve``: one ``/recommend`` (k = 100, the user's 150 seen items excluded) as the ingress answers it,
+  ``EnsembleRouter.recommend`` without HTTP, for a two-tower served alone over 10^6 clustered items (dim 64, an
+  item bias): scoring every item (``retrieval.exact_below`` above the catalogue) vs the item index at its defaults
+  (``lmrec.serving.retrieval``). Recall@100 of the answer's items against the exact answer's; the summary's
+  ``ann_serve_speedup_vs_exact`` is the ratio of median latencies.
 - ``ann-libraries``: how faiss was chosen over hnswlib: build time, batch-1 latency and recall@100 of faiss IVF,
   faiss HNSW and hnswlib HNSW on the same 200,000 clustered items, each at a few search efforts (HNSW on the
   Euclidean transform of ``ItemIndex`` too, since on raw inner products its recall stalls).
@@ -156,6 +161,97 @@ def plot(curve: list[dict], exact_lat: dict, n_items: int, build_s: float) -> No
     ax.set_title(f"Retrieval over {n_items:,} items, dim 64, k=100 (IVF build {build_s:.0f} s)", fontsize=10)
     ax.legend(loc="lower right")
     save_figure(fig, "scale")
+
+
+class TableMember:
+    """A two-tower member's surface over a synthetic score table: everything the router reads to answer a known
+    user's ``/recommend`` (a real ``TwoTowerMember``'s ``table`` is the same ``ScoreTable``; the model behind it
+    only serves cold users, new items and explanations)."""
+
+    def __init__(self, table) -> None:
+        from lmrec.serving.protocol import Capabilities
+
+        self.capabilities = Capabilities(texts=True, rates=True)
+        self.table, self.sha256, self.item_ids = table, table.sha256, table.item_ids
+        self.info = {"kind": "synthetic", "n_items": len(table.item_ids)}
+
+
+def part_ann_serve(n_items: int, n_users: int, dim: int, exact_users: int, seen_per_user: int = 150) -> None:
+    import asyncio
+
+    import faiss
+
+    from lmrec.artifacts.tables import ScoreTable
+    from lmrec.serving.api import RecommendRequest
+    from lmrec.serving.app import LocalHandle, local_member
+    from lmrec.serving.catalog import ItemCatalogCore
+    from lmrec.serving.router import EnsembleRouter
+
+    items, users = clustered_vectors(n_items, n_users, dim, seed=0)
+    rng = np.random.default_rng(0)
+    bias = rng.normal(0.0, 0.1, n_items).astype(np.float32)
+    seen = rng.integers(0, n_items, (n_users, seen_per_user))
+    table = ScoreTable("synthetic", list(range(n_users)), list(range(n_items)), users, items, bias, None,
+                       np.arange(0, seen.size + 1, seen_per_user), seen.ravel())
+    member = local_member(TableMember(table))
+
+    def router(**retrieval) -> EnsembleRouter:
+        return EnsembleRouter({"two_tower": member}, None, LocalHandle(ItemCatalogCore()), {"two_tower": 1.0},
+                              **retrieval)
+
+    exact, indexed = router(exact_below=n_items + 1), router()
+
+    async def timed(r: EnsembleRouter, n: int) -> tuple[list[dict], np.ndarray]:
+        answers, ms = [], []
+        for u in range(n):
+            start = time.perf_counter()
+            answers.append(await r.recommend(RecommendRequest(user_id=u, k=K)))
+            ms.append((time.perf_counter() - start) * 1e3)
+        return answers, np.asarray(ms)
+
+    async def run():
+        start = time.perf_counter()
+        await indexed.recommend(RecommendRequest(user_id=0, k=K))  # fetches the table, builds the index
+        build_s = time.perf_counter() - start
+        await exact.recommend(RecommendRequest(user_id=0, k=K))
+        want, exact_ms = await timed(exact, exact_users)
+        got, ann_ms = await timed(indexed, n_users)
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)  # an ingress replica with one CPU
+        _, one_thread_ms = await timed(indexed, exact_users)
+        faiss.omp_set_num_threads(threads)
+        return build_s, want, exact_ms, got, ann_ms, one_thread_ms, threads
+
+    build_s, want, exact_ms, got, ann_ms, one_thread_ms, threads = asyncio.run(run())
+    hits, score_diff = [], 0.0
+    for a, b in zip(want, got):
+        exact_scores = {i["item_id"]: i["score"] for i in a["items"]}
+        hits.append(len(exact_scores.keys() & {i["item_id"] for i in b["items"]}) / K)
+        score_diff = max([score_diff] + [abs(i["score"] - exact_scores[i["item_id"]]) for i in b["items"]
+                                         if i["item_id"] in exact_scores])
+    index = indexed._index.index
+    exact_lat, ann_lat = latency_summary(exact_ms), latency_summary(ann_ms)
+    speedup = exact_lat["median_ms"] / ann_lat["median_ms"]
+    part = {"ann_serve": {
+        "items": n_items, "dim": dim, "users": n_users, "k": K, "seen_per_user": seen_per_user,
+        "vectors": "clustered_vectors(seed=0) as in ann, plus an item bias N(0, 0.1)",
+        "path": "EnsembleRouter.recommend (the ingress's /recommend without HTTP), a two-tower served alone; exact: "
+                "retrieval.exact_below above the catalogue (every item scored, z-scored, top k), ANN: the defaults",
+        "index": {"kind": index.kind, "nlist": index.ann.nlist, "nprobe": index.ann.nprobe,
+                  "first_request_s": round(build_s, 1), "faiss_threads": threads},
+        "exact_recommend": {**exact_lat, "users_timed": exact_users},
+        "ann_recommend": {**ann_lat, "users_timed": n_users},
+        "ann_recommend_one_faiss_thread": latency_summary(one_thread_ms),
+        "recall_at_100": round(float(np.mean(hits)), 4), "users_compared": exact_users,
+        "fused_score_max_abs_diff": float(f"{score_diff:.2g}"),
+    }}  # fmt: skip
+    print(json.dumps(part), flush=True)
+    merge_results(part, {
+        "ann_serve_recall_at_100": part["ann_serve"]["recall_at_100"],
+        "ann_serve_speedup_vs_exact": round(speedup, 1),
+        "ann_serve_exact_ms": exact_lat["median_ms"],
+        "ann_serve_ms": ann_lat["median_ms"],
+    })  # fmt: skip
 
 
 def part_libraries(n_items: int, n_users: int, dim: int) -> None:
@@ -363,21 +459,23 @@ def click_loss_cost(n_items: int, num_negatives: int, repeats: int = 5) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=("ann", "ann-libraries", "data", "objective"), required=True)
+    parser.add_argument("--part", choices=("ann", "ann-serve", "ann-libraries", "data", "objective"), required=True)
     parser.add_argument("--samples", type=int, nargs="+", default=[256, 1024],
                         help="objective: sampled negatives per step, one run each (the last is the summary's)")
     parser.add_argument("--epochs", type=int, help="objective: epochs (the job's own without)")
     parser.add_argument("--catalogues", type=int, nargs="+", default=[10_000, 100_000, 1_000_000],
                         help="objective: catalogue sizes timed")
-    parser.add_argument("--items", type=int, help="catalogue size (ann: 1,000,000; ann-libraries: 200,000)")
+    parser.add_argument("--items", type=int, help="catalogue size (ann, ann-serve: 1,000,000; ann-libraries: 200,000)")
     parser.add_argument("--users", type=int, default=1_000)
     parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--exact-users", type=int, default=200, help="ann: users timed with exact scoring")
+    parser.add_argument("--exact-users", type=int, default=200, help="ann, ann-serve: users timed with exact scoring")
     parser.add_argument("--budget", type=float, default=480, help="ann: seconds after which optional steps are skipped")
     parser.add_argument("--size", default="1m", choices=tuple(SIZES), help="data: which named size to generate")
     args = parser.parse_args()
     if args.part == "ann":
         part_ann(args.items or 1_000_000, args.users, args.dim, args.exact_users, args.budget)
+    elif args.part == "ann-serve":
+        part_ann_serve(args.items or 1_000_000, args.users, args.dim, args.exact_users)
     elif args.part == "ann-libraries":
         part_libraries(args.items or 200_000, args.users, args.dim)
     elif args.part == "objective":

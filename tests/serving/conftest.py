@@ -70,6 +70,27 @@ def _on_loopback(app):
 
 
 @pytest.fixture(scope="session")
+def with_item_texts():
+    """``with_item_texts(src, dst, texts)``: a copy of a two-tower artifact whose id_maps.json carries the item
+    texts (what ``save_artifact`` writes when given ``item_texts``), with its manifest hash updated."""
+    return _with_item_texts
+
+
+def _with_item_texts(src, dst, texts) -> None:
+    import json
+    import shutil
+
+    from lmrec.artifacts.manifest import sha256_file
+
+    shutil.copytree(src, dst)
+    ids = json.loads((dst / "id_maps.json").read_text())
+    (dst / "id_maps.json").write_text(json.dumps(ids | {"item_texts": list(texts)}))
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["files"]["id_maps.json"] = sha256_file(dst / "id_maps.json")
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.fixture(scope="session")
 def narrow_artifacts(serving_artifacts, tmp_path_factory) -> dict:
     """Copies of the two-tower (``v1``) and MF artifacts whose training rating range is narrowed to the middle half
     of their own predictions, so that clamping to it binds for about half of all (user, item) pairs:

@@ -4,9 +4,6 @@ shows and filters on the texts its artifact carries."""
 
 from __future__ import annotations
 
-import json
-import shutil
-
 import pytest
 import requests
 
@@ -19,26 +16,13 @@ def _bearer(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
 
 
-def _with_item_texts(src, dst, texts) -> None:
-    """A copy of a two-tower artifact whose id_maps.json carries the item texts (what ``save_artifact`` writes
-    when given ``item_texts``), with its manifest hash updated."""
-    from lmrec.artifacts.manifest import sha256_file
-
-    shutil.copytree(src, dst)
-    ids = json.loads((dst / "id_maps.json").read_text())
-    (dst / "id_maps.json").write_text(json.dumps(ids | {"item_texts": list(texts)}))
-    manifest = json.loads((dst / "manifest.json").read_text())
-    manifest["files"]["id_maps.json"] = sha256_file(dst / "id_maps.json")
-    (dst / "manifest.json").write_text(json.dumps(manifest))
-
-
 @pytest.fixture(scope="module")
-def guarded(serving_artifacts, tmp_path_factory, on_loopback):
+def guarded(serving_artifacts, tmp_path_factory, on_loopback, with_item_texts):
     """A two-tower-only service (artifact with item texts) with a write and a read token."""
     from lmrec.serving.app import build_bare_app
 
     folder = tmp_path_factory.mktemp("tt-texts") / "two-tower"
-    _with_item_texts(serving_artifacts["v1"], folder, serving_artifacts["data"].item_texts)
+    with_item_texts(serving_artifacts["v1"], folder, serving_artifacts["data"].item_texts)
     app = build_bare_app({"two_tower_artifact": str(folder)}, tokens=Tokens.of(write=WRITE, read=READ))
     with on_loopback(app) as url:
         yield url

@@ -11,7 +11,8 @@ Graph::
 
 ``/recommend`` for a known user is answered inside the ingress from the members' score tables (``tables.py``,
 fetched once per artifact version and re-checked in the background), so it costs one HTTP hop; cold start, new
-items, similar-by-text, predictions and explanations call the member deployments.
+items, similar-by-text, predictions and explanations call the member deployments. A two-tower served alone with at
+least ``retrieval.exact_below`` items is searched there through a faiss IVF index (``lmrec.serving.retrieval``).
 
 The artifact paths become each member's ``user_config`` (``{"artifact_dir": ...}``). Hot swap: point those
 ``user_config`` entries of the Serve config at the new artifact and deploy it again; Serve calls ``reconfigure``
@@ -31,6 +32,7 @@ import inspect
 
 from pydantic import Field, model_validator
 
+from lmrec.artifacts.ann import EXACT_BELOW
 from lmrec.config.base import StrictModel
 
 
@@ -52,6 +54,19 @@ class RatingWeights(StrictModel):
 
     two_tower: float = Field(0.7, ge=0, description="Weight of the two-tower's predicted rating.")
     mf: float = Field(0.3, ge=0, description="Weight of the MF member's predicted rating (ignored without MF).")
+
+
+class RetrievalArgs(StrictModel):
+    """How /recommend finds a known user's top k in a large catalogue (``lmrec.serving.retrieval``)."""
+
+    exact_below: int = Field(
+        EXACT_BELOW, ge=0, description="A two-tower served alone (no other member) with at least this many items is "
+                                       "searched through a faiss IVF index (approximate: at 10^6 items recall@100 "
+                                       "0.997 and 28x faster); smaller catalogues, and every ensemble, score every "
+                                       "item. 0 always uses the index.")
+    nprobe: int | None = Field(
+        None, ge=1, description="IVF cells scored per query. Null: 1/32 of the cells (128 of 4,096 at 10^6 items); "
+                                "more cells, higher recall, slower.")
 
 
 def artifact_arg(member: str) -> str:
@@ -89,6 +104,8 @@ class ServeAppArgs(StrictModel):
     )
     max_body_bytes: int = Field(65536, ge=1024, le=16 * 2**20, description="Larger request bodies get 413.")
     liked_threshold: float = Field(4.0, description="Ratings at or above this count as liked (explanations).")
+    retrieval: RetrievalArgs = Field(default_factory=RetrievalArgs,
+                                     description="Approximate top-k retrieval for large catalogues.")
 
     @model_validator(mode="after")
     def _members(self) -> "ServeAppArgs":
@@ -149,7 +166,7 @@ def resolve_ensemble(args: ServeAppArgs) -> ServeAppArgs:
         **{artifact_arg(m): ens.members.get(m) for m in served},
         weights=EnsembleWeights(**{m: ens.weights.get(m, 0.0) for m in served}),
         rating_weights=RatingWeights(**{m: ens.rating_weights.get(m, 0.0) for m in RatingWeights.model_fields}),
-        max_body_bytes=args.max_body_bytes, liked_threshold=args.liked_threshold,
+        max_body_bytes=args.max_body_bytes, liked_threshold=args.liked_threshold, retrieval=args.retrieval,
     )
 
 
@@ -181,7 +198,8 @@ def build_app(args: ServeAppArgs):
                for m in ("two_tower", *COLLABORATIVE) if args.artifact(m) is not None}
     encoder = TextEncoderService.options(user_config={"artifact_dir": normalize(args.two_tower_artifact)}).bind()
     return EnsembleIngress.bind(members, encoder, ItemCatalog.bind(), args.served_weights(),
-                                args.served_rating_weights(), args.max_body_bytes, args.liked_threshold)
+                                args.served_rating_weights(), args.max_body_bytes, args.liked_threshold,
+                                args.retrieval.model_dump())
 
 
 class LocalHandle:
@@ -268,7 +286,7 @@ def build_bare_app(args: ServeAppArgs, tokens=None):
     router = EnsembleRouter(
         members, LocalHandle(_LocalEncoder(TextEncoderCore(args.two_tower_artifact))), LocalHandle(ItemCatalogCore()),
         args.served_weights(), args.served_rating_weights(), liked_threshold=args.liked_threshold,
-        metrics=ServiceMetrics(prometheus=False),
+        metrics=ServiceMetrics(prometheus=False), **args.retrieval.model_dump(),
     )
     return build_api(router, args.max_body_bytes, title="lmrec recommendation service (bare, single process)",
                      tokens=tokens if tokens is not None else Tokens.from_env())

@@ -22,9 +22,10 @@ class EnsembleIngress:
 
     def __init__(self, members: dict[str, Member], encoder, catalog, weights: dict[str, float],
                  rating_weights: dict[str, float] | None = None, max_body_bytes: int = 65536,
-                 liked_threshold: float = 4.0) -> None:
+                 liked_threshold: float = 4.0, retrieval: dict | None = None) -> None:
+        # retrieval: ServeAppArgs.retrieval as a dict (exact_below, nprobe)
         self.router = EnsembleRouter(members, encoder, catalog, weights, rating_weights,
-                                     liked_threshold=liked_threshold, metrics=ServiceMetrics())
+                                     liked_threshold=liked_threshold, metrics=ServiceMetrics(), **(retrieval or {}))
         self.max_body_bytes = max_body_bytes
         self._cpu = CpuClock()
 

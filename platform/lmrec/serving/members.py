@@ -91,6 +91,17 @@ class TwoTowerMember:
                 np.concatenate([self.item_interest, p["interest"]]),
                 np.concatenate([self.item_interest_bias, p["interest_bias"]]))
 
+    def ranking_rows(self, extra_hidden=None, encoder_sha=None) -> dict:
+        """The run-time items' rows of the score table's arithmetic (``table.item_vec``, ``table.item_const``): what
+        the router's item index adds for them (``lmrec.serving.retrieval``)."""
+        if extra_hidden is None or len(extra_hidden) == 0:
+            vec = np.zeros((0, self.table.item_vec.shape[1]), dtype=np.float32)
+            return {"sha256": self.sha256, "vec": vec, "const": np.zeros(0, dtype=np.float32)}
+        self.check_encoder(encoder_sha)
+        p = self.project(extra_hidden)
+        vec, const = (p["interest"], p["interest_bias"]) if self.interest_head else (p["vec"], p["bias"])
+        return {"sha256": self.sha256, "vec": vec, "const": const}
+
     def check_encoder(self, encoder_sha: str | None) -> None:
         if encoder_sha != self.sha256:
             raise VersionSkew(f"encoder outputs from artifact {str(encoder_sha)[:12]}, member is {self.sha256[:12]}")

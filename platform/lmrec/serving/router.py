@@ -15,7 +15,8 @@ Handles answer ``await h.method.remote(...)``: ``DeploymentHandle``s in Serve (`
 in-process objects in the benchmark's bare app (``lmrec.serving.app.build_bare_app``), so both run the identical
 computation. Scoring a known user is a few small dot products, far cheaper than a Serve hop: the router keeps each
 member's score table (fetched once per artifact version, re-checked in the background) and answers ``/recommend``
-itself, calling members only for what needs their models.
+itself, calling members only for what needs their models. A two-tower served alone, above ``exact_below`` items,
+is searched through an item index instead of scored item by item (``lmrec.serving.retrieval``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from lmrec.artifacts.ann import EXACT_BELOW
 from lmrec.artifacts.tables import IdMap, ScoreTable
 from lmrec.serving.added_items import AddedItems, EncoderSwapped, SharedLook
 from lmrec.serving.api import (
@@ -35,6 +37,7 @@ from lmrec.serving.api import (
 )
 from lmrec.serving.metrics import ServiceMetrics
 from lmrec.serving.protocol import SKEW, Member
+from lmrec.serving.retrieval import TableIndex
 from lmrec.serving.spaces import ItemSpaces
 from lmrec.strategies.fusion import fuse_scores, top_k
 
@@ -49,12 +52,16 @@ class EnsembleRouter:
     ``members``: name -> ``Member``, in the order the router consults them (among the collaborative members, the
     first that knows a user's ratings gives the liked items of explanations, the first that answers the texts).
     ``weights``: fusion weights by member name; ``rating_weights``: ``/predict``'s blend (default ``weights``).
+    ``exact_below``, ``nprobe``: a service whose only member is the text member searches its table through a
+    ``TableIndex`` from ``exact_below`` artifact items on, scoring ``nprobe`` IVF cells per query (None: the
+    index's default); below that, and for every ensemble, ``/recommend`` scores every item.
     """
 
     def __init__(self, members: Mapping[str, Member], encoder, catalog, weights: Mapping[str, float],
                  rating_weights: Mapping[str, float] | None = None, *, liked_threshold: float = 4.0,
                  explain_items: int = 3, skew_retry_s: float = 15.0, catalog_poll_s: float = 0.5,
-                 metrics: ServiceMetrics | None = None) -> None:
+                 metrics: ServiceMetrics | None = None, exact_below: int = EXACT_BELOW,
+                 nprobe: int | None = None) -> None:
         texts = [name for name, m in members.items() if m.capabilities.texts]
         if len(texts) != 1:
             raise ValueError(f"exactly one member must score texts (the request's item space), got "
@@ -77,6 +84,11 @@ class EnsembleRouter:
         self._tables: dict[str, ScoreTable] | None = None  # member name -> its score table
         self._tables_checked = -float("inf")
         self._tables_look = SharedLook(self._fetch_tables)
+        # the item index of the text member's table, for a service that fuses that member alone
+        self.exact_below, self.nprobe = exact_below, nprobe
+        self._indexable = not self.collaborative and self.weights.get(self.text_name, 0.0) > 0
+        self._index: TableIndex | None = None
+        self._index_lock = asyncio.Lock()
 
     # ---- id spaces ----
     async def _text_space(self) -> tuple[IdMap, str]:
@@ -159,7 +171,30 @@ class EnsembleRouter:
         tables = await asyncio.gather(*[h.score_table.remote() for h in handles])
         for t in tables:
             self.spaces.add(t.sha256, t.item_ids, t.item_texts)
-        self._tables = dict(zip(names, tables))
+        tables = dict(zip(names, tables))
+        # the new table's index is built before the tables change: until then the old pair answers (a hot swap)
+        self._index = await self._table_index(tables[self.text_name])
+        self._tables = tables
+
+    async def _table_index(self, table) -> TableIndex | None:
+        """The text member's table in an item index when ``/recommend`` searches it (see ``__init__``), else None;
+        built in a thread (seconds at 10^6 items), once per artifact version."""
+        if not (self._indexable and isinstance(table, ScoreTable) and len(table.item_ids) >= self.exact_below):
+            return None
+        if self._index is not None and self._index.sha256 == table.sha256:
+            return self._index
+        return await asyncio.to_thread(TableIndex, table, exact_below=self.exact_below, nprobe=self.nprobe)
+
+    async def _index_added(self, index: TableIndex) -> bool:
+        """Add the run-time items ``index`` lacks (``POST /items``), projected by the text member; False when the
+        member now serves another artifact version than the index (a hot swap under way)."""
+        async with self._index_lock:
+            if len(self.added) > index.n_added:
+                rows = await self._text_call("ranking_rows")
+                if rows["sha256"] != index.sha256:
+                    return False
+                index.add(rows["vec"][index.n_added :], rows["const"][index.n_added :])
+        return True
 
     async def _text_call(self, method: str, *args, query_text: str | None = None, query_kw: str = "hidden",
                          **kwargs):
@@ -190,6 +225,12 @@ class EnsembleRouter:
         await self.added.sync()
         if req.candidate_item_ids is not None:
             await self._look_for(req.candidate_item_ids)
+        if self._indexable:
+            await self._score_tables()  # fetches the tables and builds the index of a large catalogue
+            if self._index is not None:
+                out = await self._recommend_indexed(req, self._index)
+                if out is not None:
+                    return out
         if len(self.added):  # items added at run time: only the text member can score them
             calls = [self._text_call("user_scores", req.user_id)]
             calls += [h.call.remote("user_scores", req.user_id) for h in self.collaborative.values()]
@@ -207,28 +248,64 @@ class EnsembleRouter:
         text_res = results[self.text_name]
         text_map, _ = await self.spaces.of(self.text, text_res["sha256"])
         n = len(text_map) + len(self.added)
-        mask = np.ones(n, dtype=bool)
-        if req.candidate_item_ids is not None:
-            mask[:] = False
-            mask[self._combined_index(text_map, req.candidate_item_ids)] = True
         scores, seen, liked, text_src = await self._in_text_space(text_res, results, n)
-        if req.exclude_seen:
-            mask[np.concatenate(seen)] = False
+        mask, excluded = await self._eligible(req, text_map, text_res["sha256"], n, text_src, np.concatenate(seen))
+        mask = np.ones(n, dtype=bool) if mask is None else mask
+        mask[excluded] = False
+        fused, top = self._fuse(scores, mask, req.k)
+        items = await self._items(text_map, top, fused[top], _at(scores, top), text_src)
+        if req.explain:
+            await self._explain(items, top, liked, text_map, text_src)
+        return {"user_id": req.user_id, "items": items, "versions": _versions(results)}
+
+    async def _recommend_indexed(self, req: RecommendRequest, index: TableIndex) -> dict | None:
+        """``recommend`` through the text member's item index (``lmrec.serving.retrieval``), with the same
+        restrictions and the same fused score; None when the index cannot answer (a user its table does not know, or
+        run-time items the member now projects from another artifact version): the caller scores every item."""
+        table = index.table
+        u = table.users.index(req.user_id)
+        if u is None or not await self._index_added(index):
+            return None
+        text_map, _ = await self.spaces.of(self.text, index.sha256)
+        text_src, seen = (self.text, index.sha256), table.seen(u)[0]
+        allowed, excluded = await self._eligible(req, text_map, index.sha256, index.n_items, text_src, seen)
+        start = time.perf_counter()
+        top, member, fused = index.recommend(u, req.k, excluded, None if allowed is None else np.flatnonzero(allowed))
+        self._fused_in(start)
+        items = await self._items(text_map, top, fused, {self.text_name: member}, text_src)
+        if req.explain:
+            await self._explain(items, top, (seen, None), text_map, text_src)
+        return {"user_id": req.user_id, "items": items, "versions": {self.text_name: index.sha256[:12]}}
+
+    async def _eligible(self, req: RecommendRequest, text_map: IdMap, text_sha: str, n: int, text_src: tuple,
+                        seen: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """What ``req`` lets ``/recommend`` return of the first ``n`` items of the combined space: (a mask of the
+        items its candidates and filter allow, None when they allow every item; the item indices it excludes)."""
+        allowed = None
+        if req.candidate_item_ids is not None:
+            allowed = np.zeros(n, dtype=bool)
+            idx = self._combined_index(text_map, req.candidate_item_ids)
+            allowed[idx[idx < n]] = True
+        excluded = [seen] if req.exclude_seen else []
         if req.exclude_item_ids:  # ids this service does not know cannot be recommended anyway: not an error
             known = [raw for raw in req.exclude_item_ids if raw in text_map or raw in self.added.map]
-            mask[self._combined_index(text_map, known)] = False
+            excluded.append(self._combined_index(text_map, known))
         if req.filter is not None:
-            mask &= await self._filter_mask(text_map, text_res["sha256"], n, text_src, req.filter)
-        fused, top = self._fuse(scores, mask, req.k)
-        items = await self._items(text_map, top, fused, scores, text_src)
-        if req.explain and len(top) and len(liked[0]):
-            ex = await self._text_call("explain", top, liked[0], self.explain_items)
-            ratings = dict(zip(liked[0].tolist(), liked[1].tolist())) if liked[1] is not None else {}
-            for item, hist, sims in zip(items, ex["history_idx"], ex["similarity"]):
-                item["because_you_liked"] = [
-                    {"item_id": self._raw_id(text_map, int(h)), "text": await self._text(text_map, int(h), text_src),
-                     "rating": ratings.get(int(h)), "similarity": float(s)} for h, s in zip(hist, sims)]
-        return {"user_id": req.user_id, "items": items, "versions": _versions(results)}
+            passes = await self._filter_mask(text_map, text_sha, n, text_src, req.filter)
+            allowed = passes if allowed is None else allowed & passes
+        return allowed, np.concatenate(excluded) if excluded else np.zeros(0, dtype=np.int64)
+
+    async def _explain(self, items: list[dict], top: np.ndarray, liked: tuple, text_map: IdMap, text_src) -> None:
+        """Each item's ``because_you_liked``: the user's liked items (``liked`` = (items, ratings or None)) closest
+        to it in the text member's interest space."""
+        if not (len(top) and len(liked[0])):
+            return
+        ex = await self._text_call("explain", top, liked[0], self.explain_items)
+        ratings = dict(zip(liked[0].tolist(), liked[1].tolist())) if liked[1] is not None else {}
+        for item, hist, sims in zip(items, ex["history_idx"], ex["similarity"]):
+            item["because_you_liked"] = [
+                {"item_id": self._raw_id(text_map, int(h)), "text": await self._text(text_map, int(h), text_src),
+                 "rating": ratings.get(int(h)), "similarity": float(s)} for h, s in zip(hist, sims)]
 
     async def _in_text_space(self, text_res: dict, results: dict[str, dict], n: int):
         """Every member's answer moved into the combined space: (scores by member name, seen-item index arrays,
@@ -255,9 +332,13 @@ class EnsembleRouter:
         start = time.perf_counter()
         fused = fuse_scores(scores, self.weights, mask)
         top = top_k(fused, k)
+        self._fused_in(start)
+        return fused, top
+
+    def _fused_in(self, start: float) -> None:
+        """Record one fusion + top k that began at ``start`` (``time.perf_counter``)."""
         if self.metrics is not None:
             self.metrics.fusion((time.perf_counter() - start) * 1e3)
-        return fused, top
 
     async def recommend_batch(self, req: RecommendBatchRequest) -> dict:
         """Every user of the batch, in order; a user's own 4xx (unknown user, unknown candidate) is that entry's
@@ -350,7 +431,8 @@ class EnsembleRouter:
         mask = np.ones(n, dtype=bool)
         mask[idx[idx < n]] = False
         fused, top = self._fuse(scores, mask, req.k)
-        items = await self._items(text_map, top, fused, scores, text_src or (self.text, text_res["sha256"]))
+        items = await self._items(text_map, top, fused[top], _at(scores, top),
+                                  text_src or (self.text, text_res["sha256"]))
         return {"items": items, "versions": _versions(results)}
 
     async def add_item(self, req: AddItemRequest) -> dict:
@@ -384,12 +466,14 @@ class EnsembleRouter:
         return out
 
     async def _items(self, text_map, top, fused, scores, text_src) -> list[dict]:
+        """The answer's items: ``top`` (combined-space indices) with their ``fused`` scores and each member's
+        (``scores``: member name -> an array aligned with ``top``, or None)."""
         # per-member lists first: numpy scalar access per item and member was a third of /recommend's time
-        per = {m: [v if math.isfinite(v) else None for v in s[top].tolist()] if s is not None else [None] * len(top)
+        per = {m: [v if math.isfinite(v) else None for v in s.tolist()] if s is not None else [None] * len(top)
                for m, s in scores.items()}
         return [{"item_id": self._raw_id(text_map, i), "score": score, "text": await self._text(text_map, i, text_src),
                  "member_scores": {m: v[pos] for m, v in per.items()}}
-                for pos, (i, score) in enumerate(zip(top.tolist(), fused[top].tolist()))]
+                for pos, (i, score) in enumerate(zip(top.tolist(), np.asarray(fused).tolist()))]
 
 
 def blend_ratings(ratings: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
@@ -412,6 +496,11 @@ def blend_ratings(ratings: Mapping[str, np.ndarray], weights: Mapping[str, float
 
 def _table_scores(user_id, tables: dict[str, ScoreTable]) -> dict[str, dict]:
     return {name: t.user_scores(user_id) for name, t in tables.items()}
+
+
+def _at(scores: dict[str, np.ndarray | None], top: np.ndarray) -> dict[str, np.ndarray | None]:
+    """Each member's scores of the ``top`` items (None for a member without scores)."""
+    return {m: s[top] if s is not None else None for m, s in scores.items()}
 
 
 def _aligned(scores: np.ndarray, text_to_member: np.ndarray, n: int) -> np.ndarray:
