@@ -62,7 +62,7 @@ class RetrievalArgs(StrictModel):
     exact_below: int = Field(
         EXACT_BELOW, ge=0, description="A two-tower served alone (no other member) with at least this many items is "
                                        "searched through a faiss IVF index (approximate: at 10^6 items recall@100 "
-                                       "0.997 and 28x faster); smaller catalogues, and every ensemble, score every "
+                                       "0.997 and 29x faster); smaller catalogues, and every ensemble, score every "
                                        "item. 0 always uses the index.")
     nprobe: int | None = Field(
         None, ge=1, description="IVF cells scored per query. Null: 1/32 of the cells (128 of 4,096 at 10^6 items); "

@@ -2,22 +2,23 @@
 
 The router answers a known user's ``/recommend`` from the members' score tables (``lmrec.serving.router``): every
 item scored, z-scored over the eligible items, the top k picked. At 10^6 items that dense pass is most of a
-request. When the two-tower is the service's only member, its score is
-one inner product per item (``item_vec @ user_vec + item_const``), so above ``exact_below`` artifact items the
-router holds a ``TableIndex`` over the two-tower's table: ``lmrec.artifacts.ann.ItemIndex`` (faiss IVF) finds the
-top k, and the fused score of each (``fuse_scores`` of one member: its z-score over the eligible items) comes from
-the table's first two moments, kept beside the index, less the excluded items' own terms. Below the threshold, and
-for every ensemble, the router scores exactly as before: fused z-scores of several members line up only by raw id,
-and EASE and item-kNN scores are no inner products.
+request. When the two-tower is the service's only member, its score is one inner product per item (``item_vec @
+user_vec + item_const``), so above ``exact_below`` artifact items the router holds a ``TableIndex`` over the
+two-tower's table: ``lmrec.artifacts.ann.ItemIndex`` (faiss IVF) finds the top k, and the fused score of each
+(``fuse_scores`` of one member: its z-score over the eligible items) comes from the table's first two moments, kept
+beside the index, less the excluded items' own terms. Below the threshold, and for every ensemble, the router
+scores exactly as before: fused z-scores of several members line up only by raw id, and EASE and item-kNN scores
+are no inner products.
 
 Measured by ``benchmarks/scale.py --part ann-serve`` (10^6 clustered items, dim 64, k = 100, 150 seen items
-excluded, 2-core machine under load): one ``/recommend`` in the router 39 ms scoring every item, 1.4 ms through the
-index, recall@100 0.997 against the exact answer, fused scores equal to 2e-6.
+excluded, 2-core machine under load): one ``/recommend`` in the router 36 ms scoring every item, 1.3 ms through the
+index (29x), recall@100 0.997 against the exact answer, fused scores equal to 2e-6.
 
 Items added at run time (``POST /items``) join the index through ``add`` (their rows projected by the text member
 through its text tower). A hot swap builds a new index over the new table in a thread while the old table and index
-answer; each ingress replica builds its own, once per artifact version: 15-25 s at 10^6 items on 2 cores, which the
-first ``/recommend`` of a new replica waits for, as it waits for the tables.
+answer. Each ingress replica builds its own, once per artifact version, and the first ``/recommend`` of a new
+replica waits for it as it waits for the tables: at 10^6 items 14 s on 2 idle cores (``--part ann``), but faiss'
+k-means wants every core: 24 s at load 2.4, 129 s in the ``ann-serve`` run beside another job on both cores.
 """
 
 from __future__ import annotations
