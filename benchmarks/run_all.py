@@ -69,6 +69,7 @@ BENCHMARKS = (
     Benchmark("scale_ann_libraries", "scale.py", 10, args=("--part", "ann-libraries"), modules=("faiss", "hnswlib")),
     Benchmark("scale_ann", "scale.py", 12, args=("--part", "ann"), modules=("faiss", "matplotlib")),
     Benchmark("scale_ann_serve", "scale.py", 2, args=("--part", "ann-serve"), modules=("faiss",)),
+    Benchmark("scale_train", "scale.py", 50, args=("--part", "train"), modules=("psutil",)),
     # the transfer benchmark proper: made for a GPU (about 5 minutes on one H200), hours on a CPU
     Benchmark("transfer", "transfer.py", 5, modules=("matplotlib",), gpu=True),
     # the training step vs a plain loop, per engine (issue 19); `--tiny` is its CPU smoke run (tests/configs)

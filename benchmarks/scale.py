@@ -1,7 +1,8 @@
 """Scale: retrieval over 10^6 items and synthetic data of MovieLens-25M shape (parts of issue "Scale").
 
 Run: ``nice -n 10 python benchmarks/scale.py --part ann`` (then ``--part ann-serve``, ``--part ann-libraries``,
-``--part data``; each part merges its figures into benchmarks/results/scale.json, ``ann`` also draws scale.png).
+``--part data``, ``--part train``; each part merges its figures into benchmarks/results/scale.json, ``ann`` also
+draws scale.png, ``train`` scale_train.png).
 
 - ``ann``: 10^6 clustered item vectors (``lmrec.data.synthetic.clustered_vectors``, dim 64) and 1,000 users, k = 100.
   One ``/recommend``-sized query (batch 1) at a time: exact scoring (``ItemIndex`` below its threshold: dense
@@ -16,6 +17,12 @@ Run: ``nice -n 10 python benchmarks/scale.py --part ann`` (then ``--part ann-ser
 - ``ann-libraries``: how faiss was chosen over hnswlib: build time, batch-1 latency and recall@100 of faiss IVF,
   faiss HNSW and hnswlib HNSW on the same 200,000 clustered items, each at a few search efforts (HNSW on the
   Euclidean transform of ``ItemIndex`` too, since on raw inner products its recall stalls).
+- ``train``: the cost curve of ``data.streaming``: ``lmrec train`` (the CLI, its own process and local Ray) on
+  synthetic MovieLens-25M-shaped files of 1M, 5M and 25M interactions (``--sizes``), the frozen-encoder two-tower
+  job (rating + click with 1,024 sampled negatives, 2 workers, 1 epoch, ``--batch-size`` rows per step per worker).
+  The driver's and every Ray process's RSS is sampled every 0.5 s; ``summary.time_growth_exponent`` is the slope of
+  log epoch time vs log interactions, ``peak_rss_gib_per_process`` the largest process, ``driver_peak_rss_gib``
+  the driver. ``--key train_batch8192 --batch-size 8192`` records the smaller-batch curve beside it.
 - ``data``: ``write_parquet(..., "1m")`` timed, with the process's peak RSS (run it as its own process).
 - ``objective``: the click task's softmax over every warm item vs sampled negatives with the log-Q correction
   (``tasks.click.negatives: sampled``). Quality: ML-100K u1, the default job (jobs/ml100k-minilm-multitask.yaml,
@@ -457,9 +464,144 @@ def click_loss_cost(n_items: int, num_negatives: int, repeats: int = 5) -> dict:
     return out
 
 
+def _sample_rss(root_pid: int, peaks: dict, stop) -> None:
+    """Every 0.5 s until ``stop`` is set: the peak RSS of ``root_pid`` (the driver) and of each process under it
+    (Ray's own processes and its workers, by their process title), in bytes."""
+    import psutil
+
+    root = psutil.Process(root_pid)
+    while not stop.is_set():
+        try:
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        for p in procs:
+            try:
+                rss, title = p.memory_info().rss, " ".join(p.cmdline()[:1]) or p.name()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            key = "driver" if p.pid == root_pid else f"{p.pid} {title[:60]}"
+            peaks[key] = max(peaks.get(key, 0), rss)
+        stop.wait(0.5)
+
+
+def train_spec(files, name: str, storage: str, batch_size: int) -> dict:
+    """The frozen-encoder two-tower job on streamed synthetic data: 1 epoch, 2 workers, sampled negatives."""
+    from lmrec.data.synthetic import data_source
+
+    return {
+        "name": name, "seed": 0,
+        "data": {"source": data_source(files), "streaming": True, "eval_users": 2000,
+                 "split": {"kind": "random", "test_frac": 0.1}},
+        "model": {"max_history": 50, "dim": 64},
+        "tasks": {"click": {"negatives": "sampled", "num_negatives": 1024}, "related": {"weight": 0}},
+        "optim": {"epochs": 1, "lr_encoder": 0, "batch_size": batch_size, "log_every_steps": 200},
+        "scaling": {"num_workers": 2, "storage_path": storage},
+    }
+
+
+def run_train_size(size: str, data_root: str, batch_size: int) -> dict:
+    """``lmrec train`` (the CLI, its own process and local Ray) on synthetic ``size``; RSS sampled throughout."""
+    import os
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    import yaml
+
+    folder = Path(data_root) / size
+    generated = None
+    if not (folder / "interactions.parquet").is_file():
+        start = time.perf_counter()
+        files = write_parquet(folder, size, seed=0)
+        generated = round(time.perf_counter() - start, 1)
+    else:
+        from lmrec.data.synthetic import SyntheticFiles
+
+        import pyarrow.parquet as pq
+
+        meta = pq.ParquetFile(folder / "interactions.parquet").metadata
+        shape = SIZES[size]
+        files = SyntheticFiles(folder / "interactions.parquet", folder / "items.parquet", meta.num_rows,
+                               shape.n_items, shape.n_users, meta.num_row_groups)
+    with tempfile.TemporaryDirectory(prefix="lmrec-scale-") as tmp:
+        spec_path = Path(tmp) / "spec.yaml"
+        spec_path.write_text(yaml.safe_dump(train_spec(files, f"scale-{size}", f"{tmp}/runs", batch_size)))
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "lmrec.cli", "train", str(spec_path), "--no-resume"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        peaks: dict = {}
+        stop = threading.Event()
+        sampler = threading.Thread(target=_sample_rss, args=(proc.pid, peaks, stop), daemon=True)
+        sampler.start()
+        out, _ = proc.communicate()
+        wall = time.perf_counter() - start
+        stop.set()
+        sampler.join()
+        if proc.returncode != 0:
+            raise RuntimeError(f"lmrec train on {size} exited {proc.returncode}: {out[-2000:]}")
+        result = json.loads(out.strip().splitlines()[-1])
+        history = json.loads((Path(result["run_path"]) / "lmrec_metrics.json").read_text())["history"]
+    epoch = history[-1]
+    gib = {k: v / 2**30 for k, v in peaks.items()}
+    workers = {k: v for k, v in gib.items() if "RayTrainWorker" in k}
+    return {
+        "size": size, "interactions": files.n_interactions, "users": files.n_users, "items": files.n_items,
+        "train_interactions": int(sum(v for k, v in epoch.items() if k.startswith("interactions_rank"))),
+        "interactions_by_rank": [int(epoch[f"interactions_rank{r}"]) for r in range(2)],
+        "epoch_s": round(float(epoch["seconds"]), 1), "job_wall_s": round(wall, 1),
+        "steps_per_rank": int(epoch["steps"]), "batch_size": batch_size,
+        "driver_peak_rss_gib": round(gib.get("driver", 0.0), 3),
+        "peak_rss_gib_per_process": round(max(gib.values()), 3),
+        "peak_process": max(gib, key=gib.get),
+        "train_worker_peak_rss_gib": round(max(workers.values()), 3) if workers else None,
+        "val_rmse": epoch.get("val_rmse"), "val_ndcg@10": epoch.get("val_ndcg@10"),
+        "test": {k: result["test"][k] for k in ("test_rmse", "test_ndcg@10", "test_recall@10") if k in result["test"]},
+        "generation_s": generated,
+    }
+
+
+def part_train(sizes: list[str], data_root: str, batch_size: int, key: str = "train") -> None:
+    """The cost curve; ``key`` other than "train" records an ablation beside it (its own figure, no summary)."""
+    runs = []
+    for size in sizes:
+        run = run_train_size(size, data_root, batch_size)
+        print(json.dumps(run), flush=True)
+        runs.append(run)
+    n = np.log([r["interactions"] for r in runs])
+    slope = float(np.polyfit(n, np.log([r["epoch_s"] for r in runs]), 1)[0]) if len(runs) > 1 else None
+    wall_slope = float(np.polyfit(n, np.log([r["job_wall_s"] for r in runs]), 1)[0]) if len(runs) > 1 else None
+    fig, (ax_t, ax_m) = figure(1, 2, figsize=(10, 4))
+    x = [r["interactions"] for r in runs]
+    ax_t.loglog(x, [r["epoch_s"] for r in runs], "o-", label="one epoch (2 workers)")
+    ax_t.loglog(x, [r["job_wall_s"] for r in runs], "s--", label="whole job (read, split, encode, epoch, export)")
+    ax_t.set(xlabel="interactions", ylabel="seconds", title=f"time (epoch slope {slope or 0:.2f})")
+    ax_t.legend(fontsize=8)
+    ax_m.semilogx(x, [r["peak_rss_gib_per_process"] for r in runs], "o-", label="largest process")
+    ax_m.semilogx(x, [r["driver_peak_rss_gib"] for r in runs], "s--", label="driver")
+    ax_m.axhline(4, color="grey", lw=0.8, ls=":")
+    ax_m.axhline(2, color="grey", lw=0.8, ls=":")
+    ax_m.set(xlabel="interactions", ylabel="peak RSS (GiB)", title="memory")
+    ax_m.legend(fontsize=8)
+    save_figure(fig, f"scale_{key}")
+    summary = {"max_interactions_trained": max(r["interactions"] for r in runs),
+               "peak_rss_gib_per_process": max(r["peak_rss_gib_per_process"] for r in runs),
+               "driver_peak_rss_gib": max(r["driver_peak_rss_gib"] for r in runs),
+               "time_growth_exponent": None if slope is None else round(slope, 3),
+               "job_time_growth_exponent": None if wall_slope is None else round(wall_slope, 3)}
+    merge_results({key: {"runs": runs, **summary}}, summary if key == "train" else {})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=("ann", "ann-serve", "ann-libraries", "data", "objective"), required=True)
+    parser.add_argument("--part", choices=("ann", "ann-serve", "ann-libraries", "data", "objective", "train"),
+                        required=True)
+    parser.add_argument("--sizes", nargs="+", default=["1m", "5m", "25m"], help="train: synthetic sizes trained")
+    parser.add_argument("--data-root", default="/tmp/lmrec-scale", help="train: where the synthetic files are kept")
+    parser.add_argument("--batch-size", type=int, default=16384, help="train: interactions per step per worker")
+    parser.add_argument("--key", default="train", help="train: scale.json key (another key: an ablation beside it)")
     parser.add_argument("--samples", type=int, nargs="+", default=[256, 1024],
                         help="objective: sampled negatives per step, one run each (the last is the summary's)")
     parser.add_argument("--epochs", type=int, help="objective: epochs (the job's own without)")
@@ -480,6 +622,8 @@ def main() -> None:
         part_libraries(args.items or 200_000, args.users, args.dim)
     elif args.part == "objective":
         part_objective(args.samples, args.epochs, args.catalogues)
+    elif args.part == "train":
+        part_train(args.sizes, args.data_root, args.batch_size, args.key)
     else:
         part_data(args.size)
 

@@ -15,6 +15,8 @@ from lmrec.data.splits import ML100KCanonicalSpec, SplitSpec, split_spec_from_na
 from lmrec.strategies.spec import StrategySpec
 from lmrec.strategies.transfer.full import FullStrategy
 
+# strategies whose setup reads every training row (samplers, graphs, per-user splits): not on streamed data
+STREAMING_REFUSED = ("curriculum", "label_propagation", "meta_learning")
 ValMetric = Literal["val_rmse", "val_mae", "val_ndcg@10", "val_recall@10"]
 
 
@@ -51,6 +53,13 @@ class DataSpec(StrictModel):
     )
     max_users: int | None = Field(None, ge=1, description="Keep only the first N users (tiny CI slices).")
     max_items: int | None = Field(None, ge=1, description="Keep only the first N items (tiny CI slices).")
+    streaming: bool = Field(
+        False, description="Read data.source with Ray Data and shard it to the workers; the driver never holds the "
+        "interactions (lmrec.data.stream). Needs a random split; validation and test rank eval_users users.",
+    )
+    eval_users: int = Field(
+        2000, ge=1, description="streaming: users (seeded sample) whose valid and test rows are evaluated.",
+    )
 
     @field_validator("split", mode="before")
     @classmethod
@@ -73,6 +82,14 @@ class DataSpec(StrictModel):
                              f"apply to {data}; use another, e.g. per-user-80-20")
         if self.source is not None and self.item_template is None:
             self.item_template = self.source.default_item_template()  # shown in the resolved spec and manifest
+        if self.streaming:
+            if self.source is None:
+                raise ValueError("data.streaming reads your own files: give data.source")
+            if getattr(self.split, "kind", None) != "random":
+                raise ValueError("data.streaming needs split kind 'random' (each row's part is a hash of the row; "
+                                 "the other splits need a global order)")
+            if self.valid_by != "rows" or self.max_users is not None or self.max_items is not None:
+                raise ValueError("data.streaming takes neither valid_by: items nor max_users / max_items")
         return self
 
 
@@ -246,5 +263,12 @@ class TrainSpec(StrictModel):
             raise ValueError(f"early_stopping.metric {m} needs the rating task (tasks.rating.weight > 0)")
         if self.model.user_text and self.data.source is not None and self.data.user_template is None:
             raise ValueError("model.user_text on your own data (data.source) needs a data.user_template")
+        if self.data.streaming:
+            if self.model.user_text:
+                raise ValueError("data.streaming: model.user_text renders every user's history on the driver; turn "
+                                 "it off")
+            if self.strategy.name in STREAMING_REFUSED:
+                raise ValueError(f"data.streaming: strategy {self.strategy.name} reads the whole training frame "
+                                 f"on every worker; streamed data has none")
         self.strategy.check_job(self)  # e.g. lora and progressive_unfreezing need an encoder that trains
         return self

@@ -34,6 +34,8 @@ class StepContext:
     item_bias: torch.Tensor  # [n_items]
     user_vec: torch.Tensor  # [B, dim]: each row's user, with that row's item left out of the history pool
     generator: torch.Generator | None = None
+    # the click task's sampled negatives, drawn before the step's item rows were chosen (``ClickTask.draw``)
+    negatives: torch.Tensor | None = None
     _cache: dict = field(default_factory=dict)
 
     def item_interest(self, model: TwoTowerModel) -> torch.Tensor:
@@ -115,6 +117,12 @@ class ClickTask:
             raise ValueError("click task: no training interactions to sample negatives from")
         self._q = (counts / counts.sum()).float()
 
+    def draw(self, generator: torch.Generator | None) -> torch.Tensor:
+        """``num_negatives`` items drawn from the sampler's popularity, with replacement (CPU)."""
+        if self._q is None:
+            raise RuntimeError("click task with sampled negatives: set_item_counts was not called")
+        return torch.multinomial(self._q, self.num_negatives, replacement=True, generator=generator)
+
     def loss(self, model: TwoTowerModel, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
         pos = torch.ones_like(ctx.rating, dtype=torch.bool)
         if self.positive_threshold is not None:
@@ -146,7 +154,7 @@ class ClickTask:
         candidates' item indices."""
         if self._q is None:
             raise RuntimeError("click task with sampled negatives: set_item_counts was not called")
-        sampled = torch.multinomial(self._q, self.num_negatives, replacement=True, generator=ctx.generator)
+        sampled = ctx.negatives if ctx.negatives is not None else self.draw(ctx.generator)
         # duplicates collapse: each candidate appears once, so a row's own positive is never also a "negative"
         cand, inverse = torch.unique(torch.cat([target, sampled.to(target.device)]), return_inverse=True)
         rows_keep = keep[cand] if keep is not None else None
@@ -213,3 +221,11 @@ class MultiTaskObjective:
 
     def task(self, name: str) -> Task | None:
         return next((t for t in self.tasks if t.name == name), None)
+
+    @property
+    def batch_bound(self) -> bool:
+        """Whether a step reads only item rows it can name up front: the batch's items, its users' histories and
+        the click task's sampled negatives. True for the rating task and a sampled click task; False for a
+        softmax over every item (click ``negatives: all``, relatedness) and for a strategy's own tasks."""
+        return all(isinstance(t, RatingTask) or isinstance(t, ClickTask) and t.negatives == "sampled"
+                   for t in self.tasks)

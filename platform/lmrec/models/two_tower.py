@@ -124,9 +124,11 @@ class TwoTowerModel(nn.Module):
         """Text part of the item vectors only (what an unseen item gets)."""
         return self.item_tower.text_proj(text_table)
 
-    def item_biases(self, text_table: torch.Tensor) -> torch.Tensor:
-        gate = self.item_tower.seen.to(text_table.dtype)
-        return gate * self.item_bias.weight[:, 0] + self.text_bias(text_table)[:, 0]
+    def item_biases(self, text_table: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Rating-head item biases; ``rows``: the item indices ``text_table`` holds (all items without)."""
+        gate = (self.item_tower.seen if rows is None else self.item_tower.seen[rows]).to(text_table.dtype)
+        item = self.item_bias.weight[:, 0] if rows is None else self.item_bias(rows)[:, 0]
+        return gate * item + self.text_bias(text_table)[:, 0]
 
     def interest_biases(self, text_table: torch.Tensor, id_keep: torch.Tensor | None = None,
                         rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -143,16 +145,16 @@ class TwoTowerModel(nn.Module):
         return gate * item_part + self.interest_text_bias(text_table)[:, 0]
 
     @torch.no_grad()
-    def init_interest_biases(self, item_idx: np.ndarray, scale: float) -> dict[str, float]:
+    def init_interest_biases(self, counts: np.ndarray, scale: float) -> dict[str, float]:
         """Start the interest biases at item popularity, which a few hundred steps cannot learn from zero.
 
         A softmax over items converges to a per-item term of log frequency (+ a constant); scores are divided by
         the click temperature, so the target is ``scale · log(1 + count)`` (``scale`` = that temperature), centred
-        over the items seen in ``item_idx``. The text read-out starts at the ridge fit of that target on the cached
+        over the seen items (``counts``: training interactions per item). The text read-out starts at the ridge fit of that target on the cached
         item text (alpha by leave-one-out over the seen items) — the popularity prior an unseen item gets, kept
         fixed — and the ID part at each seen item's residual, which training moves on. Returns the fit's
         diagnostics."""
-        fitted = self._fit_text_prior(item_idx, scale)
+        fitted = self._fit_text_prior(counts, scale)
         if fitted is None:
             return {}
         target, prior, seen, diag = fitted
@@ -162,11 +164,11 @@ class TwoTowerModel(nn.Module):
         return diag
 
     @torch.no_grad()
-    def refit_interest_prior(self, item_idx: np.ndarray, scale: float, before: torch.Tensor) -> dict[str, float]:
+    def refit_interest_prior(self, counts: np.ndarray, scale: float, before: torch.Tensor) -> dict[str, float]:
         """Refit the text prior on the current ``item_text`` (a fine-tuned encoder moved the item vectors, so the
         first fit no longer reads them), keeping each seen item's total term at ``before`` (``interest_biases``
         before the re-encoding): warm scores do not jump, unseen items get a prior that follows the encoder."""
-        fitted = self._fit_text_prior(item_idx, scale)
+        fitted = self._fit_text_prior(counts, scale)
         if fitted is None:
             return {}
         _, prior, _, diag = fitted
@@ -176,12 +178,12 @@ class TwoTowerModel(nn.Module):
                                                              dtype=self.interest_item_bias.weight.dtype))
         return diag
 
-    def _fit_text_prior(self, item_idx: np.ndarray, scale: float):
+    def _fit_text_prior(self, counts: np.ndarray, scale: float):
         """Ridge fit of ``scale · log(1 + count)`` (centred over seen items) on the cached item text; sets the text
         read-out and returns (target, prior of every item, seen mask, diagnostics), or None with < 2 seen items."""
         from sklearn.linear_model import RidgeCV
 
-        count = np.bincount(np.asarray(item_idx, dtype=np.int64), minlength=self.n_items)
+        count = np.asarray(counts, dtype=np.int64)
         seen = count > 0
         if not self.interest_bias or seen.sum() < 2:
             return None
@@ -246,15 +248,20 @@ class TwoTowerModel(nn.Module):
         if self.user_text.shape[0]:
             self.user_text.copy_(encode_all(self.encoder, ids, lengths, batch_size, autocast_dtype))
 
-    def set_history(self, train: pd.DataFrame) -> None:
-        """Replace the user histories (and the item-seen gate) from a training frame."""
-        hist = history_matrix(train, self.n_users, self.max_history).to(self.history.device)
-        self.history = hist  # buffer re-registration keeps it in the state dict with its new width
+    def set_history(self, train: pd.DataFrame | np.ndarray) -> None:
+        """Replace the user histories from a training frame, or from a ready [n_users, L] matrix (-1 = padding)."""
+        hist = torch.from_numpy(np.array(train)) if isinstance(train, np.ndarray) else \
+            history_matrix(train, self.n_users, self.max_history)
+        self.history = hist.to(self.history.device)  # buffer re-registration keeps it in the state dict, new width
 
     def set_seen_items(self, item_idx: np.ndarray) -> None:
         seen = torch.zeros(self.n_items, dtype=torch.bool, device=self.item_text.device)
         seen[torch.as_tensor(np.unique(item_idx), device=seen.device)] = True
         self.item_tower.seen.copy_(seen)
+
+    def set_seen_counts(self, counts: np.ndarray) -> None:
+        """The item-seen gate from interactions per item (nonzero = seen)."""
+        self.set_seen_items(np.flatnonzero(np.asarray(counts)))
 
     @torch.no_grad()
     def precompute(self) -> dict[str, torch.Tensor]:

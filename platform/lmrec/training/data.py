@@ -74,8 +74,85 @@ class PreparedData:
             yield {c: v[rows] for c, v in cols.items()}
 
     def steps_per_epoch(self, batch_size: int, world_size: int = 1) -> int:
-        shard = -(-len(self.train) // world_size)
+        shard = -(-self.n_train() // world_size)
         return -(-shard // batch_size)
+
+    # What the model needs from the training interactions: computed from the frames here, precomputed by
+    # ``StreamedData`` (whose interactions never sit on one machine).
+    def n_train(self) -> int:
+        return len(self.train)
+
+    def rating_summary(self) -> tuple[float, float, float]:
+        """Mean, min and max rating over ``known()``: the rating head's global mean and clamp range."""
+        r = self.known()["rating"]
+        return float(r.mean()), float(r.min()), float(r.max())
+
+    def item_counts(self) -> np.ndarray:
+        """Training interactions per item [n_items] (popularity priors, the sampled softmax's sampler)."""
+        return np.bincount(self.train["item_idx"].to_numpy(), minlength=self.n_items)
+
+    def known_item_counts(self) -> np.ndarray:
+        """Interactions per item over ``known()``: nonzero = the item is seen (its ID embedding is on)."""
+        return np.bincount(self.known()["item_idx"].to_numpy(), minlength=self.n_items)
+
+    def history_matrix(self, max_history: int) -> np.ndarray:
+        """[n_users, L] each user's most recent ``max_history`` known items, -1 = padding."""
+        from lmrec.models.two_tower import history_matrix
+
+        return history_matrix(self.known(), self.n_users, max_history).numpy()
+
+    def seen_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(user_idx, item_idx) of every training row: what a service of the model excludes."""
+        return self.train["user_idx"].to_numpy(), self.train["item_idx"].to_numpy()
+
+
+@dataclass
+class StreamedData(PreparedData):
+    """``PreparedData`` whose training interactions are a Ray Dataset (``lmrec.data.stream``), never a frame.
+
+    ``train`` is None; ``context`` holds only the evaluation users' training rows (what validation and test
+    exclude), and the summaries below stand for the rest. Workers read ``train_dataset`` through their shards.
+    """
+
+    train_dataset: object = None  # ray.data.Dataset: user_idx, item_idx, rating
+    train_rows: int = 0
+    rating_summary_: tuple = (0.0, 0.0, 0.0)
+    train_item_counts: np.ndarray | None = None
+    train_history: np.ndarray | None = None
+    newest_timestamp: int | None = None
+
+    def n_train(self) -> int:
+        return self.train_rows
+
+    def rating_summary(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in self.rating_summary_)
+
+    def item_counts(self) -> np.ndarray:
+        return self.train_item_counts
+
+    known_item_counts = item_counts
+
+    def history_matrix(self, max_history: int) -> np.ndarray:
+        if self.train_history.shape[1] > max_history:
+            raise ValueError(f"histories were gathered {self.train_history.shape[1]} wide, not {max_history}")
+        return self.train_history
+
+    def seen_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Streamed from ``train_dataset`` (int32: 8 bytes a row, 200 MB at 25M rows), on the exporting rank."""
+        users, items = [], []
+        for batch in self.train_dataset.iter_batches(batch_format="numpy", batch_size=1 << 20):
+            users.append(batch["user_idx"].astype(np.int32))
+            items.append(batch["item_idx"].astype(np.int32))
+        return np.concatenate(users), np.concatenate(items)
+
+    def trained_until(self) -> int | None:
+        return self.newest_timestamp
+
+    def train_frame(self) -> pd.DataFrame:
+        raise TypeError("streamed data has no training frame: read train_dataset")
+
+    def iter_train_batches(self, *args, **kwargs):
+        raise TypeError("streamed data has no training frame: read train_dataset")
 
 
 def _slice(dataset: Dataset, max_users: int | None, max_items: int | None) -> Dataset:
@@ -206,4 +283,44 @@ def prepare_data(spec: TrainSpec) -> PreparedData:
     return build_prepared(
         spec, dataset, train, valid, split.test, texts, cold_items=split.cold_items, valid_items=valid_items,
         split_params=params,
+    )
+
+
+def _tokenize_items(texts: list[str], encoder: str, max_length: int, prompt: str) -> dict:
+    """``tokenize`` of ``lmrec.data.stream``: one batch of item texts in the fixed-width arrays ``PreparedData``
+    holds (the tokenizer is loaded in each Ray Data task; it is cached per process)."""
+    from lmrec.models.encoder import load_tokenizer, tokenize_texts
+
+    ids, lengths = tokenize_texts(load_tokenizer(encoder), texts, max_length, prompt)
+    return {"tokens": ids, "length": lengths}
+
+
+def prepare_streamed(spec: TrainSpec) -> StreamedData:
+    """``data.streaming``: ``lmrec.data.stream`` reads, splits and summarises the files with Ray Data (Ray must be
+    running); the training rows stay a Ray Dataset that the workers read through their shards."""
+    from functools import partial
+
+    from lmrec.data.stream import TEST, TRAIN, VALID, stream_source
+    from lmrec.models.encoder import encoder_settings
+
+    split, model = spec.data.split, spec.model
+    settings = encoder_settings(model.encoder, model.pooling)
+    tables = stream_source(
+        spec.data.source, item_template=spec.data.item_template, seed=split.seed, test_frac=split.test_frac,
+        valid_frac=split.valid_frac, valid_from_train=spec.data.valid_from_train, max_history=model.max_history,
+        eval_users=spec.data.eval_users, eval_seed=spec.seed,
+        tokenize=partial(_tokenize_items, encoder=model.encoder, max_length=model.max_length,
+                         prompt=settings.passage_prompt),
+    )
+    s, parts = tables.summary, tables.parts
+    return StreamedData(
+        dataset=spec.data.source.name, n_users=len(tables.user_ids), n_items=len(tables.item_ids), train=None,
+        valid=parts[VALID] if len(parts[VALID]) else None, test=parts[TEST] if len(parts[TEST]) else None,
+        user_ids=tables.user_ids, item_ids=tables.item_ids,
+        item_tokens=np.stack(tables.items["tokens"].to_numpy()).astype(np.int32),
+        item_lengths=tables.items["length"].to_numpy().astype(np.int32), item_texts=tables.items["text"].tolist(),
+        split_params=tables.split_params, fingerprint=tables.digest(spec.data.source.name), context=parts[TRAIN],
+        train_dataset=tables.train, train_rows=s["rows"],
+        rating_summary_=(s["rating_sum"] / s["rows"], s["rating_min"], s["rating_max"]),
+        train_item_counts=s["item_counts"], train_history=tables.history, newest_timestamp=s["timestamp_max"] or None,
     )

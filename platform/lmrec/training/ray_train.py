@@ -20,6 +20,7 @@ shows one progress bar (``lmrec.training.progress``) and writes TensorBoard even
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -273,8 +274,7 @@ def build_trainer(spec: TrainSpec, *, spec_path: str | Path | None = None, resum
     shows per-epoch progress and writes TensorBoard / MLflow records while ``fit`` runs (``lmrec train``).
     """
     import ray
-    import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from lmrec.training.data import prepare_data
@@ -290,15 +290,19 @@ def build_trainer(spec: TrainSpec, *, spec_path: str | Path | None = None, resum
 
         tracking_uri = mlflow_uri()  # set but mlflow missing: an error now, not after training
     from_spec = data is None
+    streamed = data is None and spec.data.streaming
+    if streamed:  # Ray Data reads the files: the cluster first
+        from lmrec.training.data import prepare_streamed
+
+        connect_ray()
+        data = prepare_streamed(spec)
     data = prepare_data(spec) if data is None else data
     identity = claim_run(spec, data, run_path, name, from_spec)
-    frame = data.train_frame()
-    # Shuffle once here: source files are often sorted by user, and workers only shuffle within a local buffer.
-    frame = frame.iloc[np.random.default_rng(spec.seed).permutation(len(frame))].reset_index(drop=True)
     log.info("prepared %s: %d users, %d items, %d train / %d valid interactions (fingerprint %s)", data.dataset,
-             data.n_users, data.n_items, len(frame), 0 if data.valid is None else len(data.valid), data.fingerprint)
-
+             data.n_users, data.n_items, data.n_train(), 0 if data.valid is None else len(data.valid),
+             data.fingerprint)
     connect_ray()
+    datasets, shuffle_rows = training_datasets(data, spec.seed)
     queue = None
     if progress:
         from ray.util.queue import Queue
@@ -315,13 +319,13 @@ def build_trainer(spec: TrainSpec, *, spec_path: str | Path | None = None, resum
     if scaling.engine == "auto" and use_gpu and ds_config is None:
         raise SpecError(f"engine 'auto' picks DeepSpeed on GPU but {scaling.deepspeed_config!r} was not found")
     has_valid = data.valid is not None and len(data.valid) > 0
-    rows_per_worker = max(1, len(frame) // scaling.num_workers)
+    rows_per_worker = max(1, data.n_train() // scaling.num_workers)
     config = {
         "spec": spec.model_dump(mode="json"),
-        "data_ref": ray.put(data),
+        "data_ref": ray.put(dataclasses.replace(data, train_dataset=None) if streamed else data),
         "deepspeed_config": ds_config,
         "artifact_path": f"{run_path}/artifact",
-        "shuffle_buffer": min(rows_per_worker, 4 * spec.optim.batch_size),
+        "shuffle_buffer": min(rows_per_worker, shuffle_rows * spec.optim.batch_size),
         "fault": fault,
         "init_state_ref": ray.put(init_state) if init_state is not None else None,
         "run_fingerprint": identity.digest,
@@ -346,12 +350,32 @@ def build_trainer(spec: TrainSpec, *, spec_path: str | Path | None = None, resum
             worker_runtime_env={"env_vars": _worker_env()},
             callbacks=list(callbacks or []),
         ),
-        datasets={"train": ray.data.from_pandas(frame)},
+        datasets=datasets,
+        # "seen" (streamed data only) is read whole, by the exporting rank: the artifact's seen-item table
+        dataset_config=DataConfig(datasets_to_split=["train"]),
     )
     log.info("training %r on %d worker(s) (gpu=%s, engine=%s), run folder %s", name, scaling.num_workers, use_gpu,
              scaling.engine, run_path)
     return TrainRun(trainer, name, run_path, metric, spec.early_stopping.mode, has_valid, started, spec, identity,
                     queue, tracking_uri if progress else None)
+
+
+def training_datasets(data, seed: int) -> tuple[dict, int]:
+    """The trainer's Ray Datasets and the local shuffle buffer in batches.
+
+    In memory: the frame shuffled once here (source files are often sorted by user, and workers only shuffle
+    within a local buffer). Streamed: the blocks in a seeded random order and a 64-batch buffer (the rows are
+    never gathered for a global shuffle), plus the training pairs again as "seen" for the export.
+    """
+    import ray.data
+
+    from lmrec.training.data import StreamedData
+
+    if isinstance(data, StreamedData):
+        return {"train": data.train_dataset.randomize_block_order(seed=seed), "seen": data.train_dataset}, 64
+    frame = data.train_frame()
+    frame = frame.iloc[np.random.default_rng(seed).permutation(len(frame))].reset_index(drop=True)
+    return {"train": ray.data.from_pandas(frame)}, 4
 
 
 def train(spec: TrainSpec, *, spec_path: str | Path | None = None, resume: bool = True, data=None,

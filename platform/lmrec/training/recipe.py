@@ -83,25 +83,51 @@ class TwoTowerTrain(nn.Module):
         self.register_buffer("item_tokens", item_tokens, persistent=False)
         self.register_buffer("item_lengths", item_lengths, persistent=False)
         self.autocast_dtype = autocast_dtype
+        self.subset_rows = True  # project only the rows a batch-bound objective reads (False: every row; tests)
 
     def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor, rating: torch.Tensor,
                 encode_idx: torch.Tensor, generator: torch.Generator | None = None):
-        """Returns (total loss, float logs, the freshly encoded rows detached for the cache)."""
+        """Returns (total loss, float logs, the freshly encoded rows detached for the cache).
+
+        When the objective is ``batch_bound`` (rating + sampled click), only the item rows the step reads are
+        projected (the batch's items, its users' histories, the drawn negatives); the others stay zero and get
+        no gradient. A step then costs what its batch holds, not what the catalogue holds.
+        """
         model = self.model
         device = user_idx.device
+        users, row_user = torch.unique(user_idx, return_inverse=True)
+        click = self.objective.task("click")
+        negatives = rows = None
+        if click is not None and click.negatives == "sampled":  # drawn first: the rows to project include them
+            negatives = click.draw(generator).to(device)
+        if self.subset_rows and self.objective.batch_bound:
+            hist = model.history[users]
+            rows = torch.unique(torch.cat([item_idx, hist[hist >= 0], *([] if negatives is None else [negatives])]))
         with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             fresh = None
             if len(encode_idx):
                 fresh = model.encode_items(self.item_tokens[encode_idx], self.item_lengths[encode_idx])
             text = model.text_table(encode_idx if fresh is not None else None, fresh)
-            text_vec = model.item_text_vectors(text)
-            item_vec = model.item_tower.combine(text_vec)
-            item_bias = model.item_biases(text)
-            users, row_user = torch.unique(user_idx, return_inverse=True)
+            if rows is None:
+                text_vec = model.item_text_vectors(text)
+                item_vec = model.item_tower.combine(text_vec)
+                item_bias = model.item_biases(text)
+            else:
+                text_rows = text[rows]
+                part = model.item_text_vectors(text_rows)
+                text_vec = _scatter_rows(part, rows, model.n_items)
+                item_vec = _scatter_rows(model.item_tower.combine(part, rows=rows), rows, model.n_items)
+                item_bias = _scatter_rows(model.item_biases(text_rows, rows=rows), rows, model.n_items)
             user_vec = model.user_vectors(users, item_vec, row_user, exclude_item=item_idx)
-            ctx = StepContext(user_idx, item_idx, rating, text, item_vec, text_vec, item_bias, user_vec, generator)
+            ctx = StepContext(user_idx, item_idx, rating, text, item_vec, text_vec, item_bias, user_vec, generator,
+                              negatives)
             loss, logs = self.objective(model, ctx)
         return loss, logs, None if fresh is None else fresh.detach()
+
+
+def _scatter_rows(values: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+    """[n, ...] zeros with ``values`` at ``rows`` (differentiable in ``values``)."""
+    return values.new_zeros((n, *values.shape[1:])).index_copy(0, rows, values)
 
 
 class TwoTowerRecipe:
@@ -136,7 +162,7 @@ class TwoTowerRecipe:
         loaded = time.perf_counter()
         self._init_state(item_text)
         if init_state is None and self.model.interest_bias:  # fresh biases start at popularity (not on a warm start)
-            fit = self.model.init_interest_biases(data.train["item_idx"].to_numpy(), spec.tasks.click.temperature)
+            fit = self.model.init_interest_biases(data.item_counts(), spec.tasks.click.temperature)
             log.info("interest biases from popularity: %s", {k: round(v, 4) for k, v in fit.items()})
         # setup cost split: loading the encoder is the same for any recipe; the item-text precompute is ours
         self.setup_seconds = {"model_load": loaded - start, "init_state": time.perf_counter() - loaded}
@@ -162,7 +188,7 @@ class TwoTowerRecipe:
         self.objective = build_objective(spec, self.strategy.extra_tasks())
         click = self.objective.task("click")
         if click is not None and click.negatives == "sampled":  # the sampler's popularity
-            click.set_item_counts(np.bincount(data.train["item_idx"].to_numpy(), minlength=data.n_items))
+            click.set_item_counts(data.item_counts())
         self.train_module = TwoTowerTrain(
             self.model, self.objective, torch.as_tensor(data.item_tokens).to(self.device),
             torch.as_tensor(data.item_lengths).to(self.device), self.autocast_dtype,
@@ -176,7 +202,7 @@ class TwoTowerRecipe:
         self.optimizer = optimizer
         self.base_lrs = [g["lr"] for g in optimizer.param_groups]
         # small data: batches shrink so an epoch is never a single step
-        self.batch_size = o.step_batch_size(len(data.train), world_size)
+        self.batch_size = o.step_batch_size(data.n_train(), world_size)
         self.steps_per_epoch = data.steps_per_epoch(self.batch_size, world_size)
         self.encoder_start_step = o.encoder_start_epoch * self.steps_per_epoch
         if self.engine_name == "deepspeed":
@@ -196,11 +222,11 @@ class TwoTowerRecipe:
     def _init_state(self, item_text: torch.Tensor | None = None) -> None:
         """Data-derived buffers: global mean, histories, seen gate, and the first (frozen) text encodings."""
         m, d = self.model, self.data
-        known = d.known()
-        m.global_mean.fill_(float(known["rating"].mean()))
-        m.rating_range.copy_(torch.tensor([float(known["rating"].min()), float(known["rating"].max())]))
-        m.set_history(known)
-        m.set_seen_items(known["item_idx"].to_numpy())
+        mean, low, high = d.rating_summary()
+        m.global_mean.fill_(mean)
+        m.rating_range.copy_(torch.tensor([low, high]))
+        m.set_history(d.history_matrix(m.max_history))
+        m.set_seen_counts(d.known_item_counts())
         if item_text is not None and d.user_tokens is None:
             if tuple(item_text.shape) != tuple(m.item_text.shape):
                 raise ValueError(f"item_text is {tuple(item_text.shape)}, the model's encoder gives "
@@ -230,7 +256,7 @@ class TwoTowerRecipe:
                 self.model.refresh_user_text(torch.as_tensor(d.user_tokens), torch.as_tensor(d.user_lengths), bs,
                                              self.autocast_dtype)
             if refit:
-                fit = self.model.refit_interest_prior(d.train["item_idx"].to_numpy(),
+                fit = self.model.refit_interest_prior(d.item_counts(),
                                                       self.spec.tasks.click.temperature, before)
                 log.info("text prior refitted on the re-encoded items: %s", {k: round(v, 4) for k, v in fit.items()})
         self._cache_fresh = True
@@ -339,10 +365,21 @@ class TwoTowerRecipe:
         out = {k: v / max(steps, 1) for k, v in sums.items()}
         out.update(epoch=float(epoch), steps=float(steps), interactions=float(rows), items_encoded=float(encoded),
                    seconds=seconds, interactions_per_s=rows / max(seconds, 1e-9), **self.trainable_params)
+        out.update(self._rows_by_rank(rows))
         out.update(self.strategy.epoch_logs(self.optimizer))  # e.g. unfreezing: the trainable set grows
         log.info("epoch %d done: %d steps, %.1f s, %.0f interactions/s, loss %.4f", epoch, steps, seconds,
                  out["interactions_per_s"], out.get("loss", float("nan")))
         return out
+
+    def _rows_by_rank(self, rows: int) -> dict[str, float]:
+        """``interactions_rank<r>``: the rows every rank trained on this epoch (each reads its own shard)."""
+        initialised, world, _ = distributed_world()
+        if not initialised or world == 1:
+            return {"interactions_rank0": float(rows)}
+        device = self.device if dist.get_backend() == "nccl" else "cpu"
+        got = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world)]
+        dist.all_gather(got, torch.tensor([rows], dtype=torch.long, device=device))
+        return {f"interactions_rank{r}": float(t.item()) for r, t in enumerate(got)}
 
     def _rebase_lrs(self) -> None:
         """A strategy hook (re)set the groups' LRs: the schedule scales those from now on."""
@@ -447,7 +484,7 @@ class TwoTowerRecipe:
                 item_texts=list(self.data.item_texts),  # responses show them; metadata filters match them
                 # every training row, so a service of this model alone excludes what evaluation excludes (the
                 # model's own history keeps the last max_history items only)
-                seen=(self.data.train["user_idx"].to_numpy(), self.data.train["item_idx"].to_numpy()),
+                seen=self.data.seen_pairs(),
             ))
 
 

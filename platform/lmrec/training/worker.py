@@ -31,6 +31,7 @@ from ray.train import Checkpoint, CheckpointConsistencyMode
 
 from lmrec.config.train import TrainSpec
 from lmrec.training.checkpoint_manifest import CheckpointIntegrityError, verify_checkpoint, write_manifest
+from lmrec.training.data import StreamedData
 from lmrec.training.fingerprint import CHECKPOINT_FILE, IdentityMismatch
 from lmrec.training.recipe import TwoTowerRecipe, run_epochs
 
@@ -242,6 +243,8 @@ def train_loop_per_worker(config: dict) -> dict | None:
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     data = ray.get(config["data_ref"])
+    if isinstance(data, StreamedData):  # the training pairs, read whole by the exporting rank (seen_pairs)
+        data.train_dataset = ray.train.get_dataset_shard("seen")
     with tempfile.TemporaryDirectory(prefix="lmrec-worker-") as workdir:  # DeepSpeed reads its JSON at init
         spec = _materialise_spec(config, workdir)
         if spec.strategy.name == "meta_learning":

@@ -116,3 +116,31 @@ def test_deepspeed_engine_one_step_cpu(monkeypatch, tmp_path):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("interest_bias", [False, True])
+def test_a_batch_bound_step_projects_only_its_rows_and_matches_the_full_step(interest_bias):
+    """Rating + sampled click: the step projects only the batch's items, its users' histories and the negatives,
+    and its loss and every gradient equal those of the step that projects the whole catalogue."""
+    spec = tiny_spec(tasks={"click": {"negatives": "sampled", "num_negatives": 16}, "related": {"weight": 0}},
+                     model={"interest_bias": interest_bias}, optim={"lr_encoder": 0})
+    data = data_for(spec)
+    recipe = TwoTowerRecipe(spec, data, device=torch.device("cpu"))
+    step = recipe.train_module
+    assert recipe.objective.batch_bound
+    batch = next(data.iter_train_batches(0, 64, 0))
+    args = [torch.as_tensor(batch[k]) for k in ("user_idx", "item_idx", "rating")]
+    got = {}
+    for subset in (True, False):
+        step.subset_rows = subset
+        recipe.model.zero_grad()
+        loss, _, _ = step(*args, torch.zeros(0, dtype=torch.long), torch.Generator().manual_seed(3))
+        loss.backward()
+        got[subset] = (loss.detach(), {n: p.grad.clone() for n, p in recipe.model.named_parameters()
+                                        if p.grad is not None})
+    assert torch.allclose(got[True][0], got[False][0], atol=1e-6)
+    assert got[True][1].keys() == got[False][1].keys()
+    for name, grad in got[False][1].items():
+        assert torch.allclose(got[True][1][name], grad, atol=1e-6), name
+    # a softmax over every item reads every row: the full projection stays
+    assert not TwoTowerRecipe(tiny_spec(optim={"lr_encoder": 0}), data, device=torch.device("cpu")).objective.batch_bound
