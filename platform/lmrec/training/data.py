@@ -288,7 +288,7 @@ def prepare_data(spec: TrainSpec) -> PreparedData:
 
 def _tokenize_items(texts: list[str], encoder: str, max_length: int, prompt: str) -> dict:
     """``tokenize`` of ``lmrec.data.stream``: one batch of item texts in the fixed-width arrays ``PreparedData``
-    holds (the tokenizer is loaded in each Ray Data task; it is cached per process)."""
+    holds (the tokenizer is loaded once per batch of 4,096 texts, in the Ray Data task)."""
     from lmrec.models.encoder import load_tokenizer, tokenize_texts
 
     ids, lengths = tokenize_texts(load_tokenizer(encoder), texts, max_length, prompt)
