@@ -114,7 +114,16 @@ def test_a_streamed_job_trains_on_two_workers_each_reading_its_shard(files, tmp_
     from lmrec.artifacts.two_tower import load_artifact
     from lmrec.training.ray_train import train
 
+    import ray
+    from packaging.version import Version
+
+    from lmrec.training.data import STREAMING_MIN_RAY
+
     spec = _spec(files, tmp_path)
+    if Version(ray.__version__) < Version(STREAMING_MIN_RAY):  # make test-ray-lowest: refused before any work
+        with pytest.raises(SpecError, match=f"Ray >= {STREAMING_MIN_RAY}"):
+            train(spec, resume=False)
+        return
     result = train(spec, resume=False)
     epoch = result.history[-1]
     rows = [epoch["interactions_rank0"], epoch["interactions_rank1"]]

@@ -2,7 +2,7 @@
 
 Item texts are rendered and tokenised here, once, into fixed-width int32 arrays; training steps slice rows and
 pad only to the longest text of the step. The object holds only numpy arrays and small frames so it pickles small
-(Ray sends it once per worker). No ``ray`` import: the Ray harness wraps ``train_frame()`` in a Ray Dataset.
+(Ray sends it once per worker). No module-level ``ray`` import (streamed data, ``prepare_streamed``, needs Ray): the Ray harness wraps ``train_frame()`` in a Ray Dataset.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
+from lmrec.config.base import SpecError
 from lmrec.config.train import TrainSpec
 from lmrec.data.schema import Dataset
 
@@ -295,6 +296,20 @@ def _tokenize_items(texts: list[str], encoder: str, max_length: int, prompt: str
     return {"tokens": ids, "length": lengths}
 
 
+STREAMING_MIN_RAY = "2.60"
+
+
+def check_streaming_ray() -> None:
+    """``data.streaming`` needs Ray >= 2.60: in Ray 2.57 a Train worker that reads blocks the driver materialised
+    fails ("Cannot register an out-of-scope/freed callback for object ...: it is not owned by this worker")."""
+    import ray
+    from packaging.version import Version
+
+    if Version(ray.__version__) < Version(STREAMING_MIN_RAY):
+        raise SpecError(f"data.streaming needs Ray >= {STREAMING_MIN_RAY} (installed: {ray.__version__}): its Train "
+                        f"workers cannot read blocks the driver materialised; upgrade ray or turn streaming off")
+
+
 def prepare_streamed(spec: TrainSpec) -> StreamedData:
     """``data.streaming``: ``lmrec.data.stream`` reads, splits and summarises the files with Ray Data (Ray must be
     running); the training rows stay a Ray Dataset that the workers read through their shards."""
@@ -303,6 +318,7 @@ def prepare_streamed(spec: TrainSpec) -> StreamedData:
     from lmrec.data.stream import TEST, TRAIN, VALID, stream_source
     from lmrec.models.encoder import encoder_settings
 
+    check_streaming_ray()
     split, model = spec.data.split, spec.model
     settings = encoder_settings(model.encoder, model.pooling)
     tables = stream_source(
