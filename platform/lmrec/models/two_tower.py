@@ -150,10 +150,10 @@ class TwoTowerModel(nn.Module):
 
         A softmax over items converges to a per-item term of log frequency (+ a constant); scores are divided by
         the click temperature, so the target is ``scale · log(1 + count)`` (``scale`` = that temperature), centred
-        over the seen items (``counts``: training interactions per item). The text read-out starts at the ridge fit of that target on the cached
-        item text (alpha by leave-one-out over the seen items) — the popularity prior an unseen item gets, kept
-        fixed — and the ID part at each seen item's residual, which training moves on. Returns the fit's
-        diagnostics."""
+        over the seen items (``counts``: training interactions per item). The text read-out starts at the ridge fit
+        of that target on the cached item text (alpha by leave-one-out over the seen items) — the popularity prior
+        an unseen item gets, kept fixed — and the ID part at each seen item's residual, which training moves on.
+        Returns the fit's diagnostics."""
         fitted = self._fit_text_prior(counts, scale)
         if fitted is None:
             return {}

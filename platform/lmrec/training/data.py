@@ -2,7 +2,8 @@
 
 Item texts are rendered and tokenised here, once, into fixed-width int32 arrays; training steps slice rows and
 pad only to the longest text of the step. The object holds only numpy arrays and small frames so it pickles small
-(Ray sends it once per worker). No module-level ``ray`` import (streamed data, ``prepare_streamed``, needs Ray): the Ray harness wraps ``train_frame()`` in a Ray Dataset.
+(Ray sends it once per worker). No module-level ``ray`` import: the Ray harness wraps ``train_frame()`` in a Ray
+Dataset (streamed data, ``prepare_streamed``, imports Ray where it runs).
 """
 
 from __future__ import annotations
