@@ -485,8 +485,9 @@ def _sample_rss(root_pid: int, peaks: dict, stop) -> None:
         stop.wait(0.5)
 
 
-def train_spec(files, name: str, storage: str, batch_size: int) -> dict:
-    """The frozen-encoder two-tower job on streamed synthetic data: 1 epoch, 2 workers, sampled negatives."""
+def train_spec(files, name: str, storage: str, batch_size: int, sparse_ids: str = "auto") -> dict:
+    """The frozen-encoder two-tower job on streamed synthetic data: 1 epoch, 2 workers, sampled negatives; the ID
+    rows sparse as streamed data gets them by default (``sparse_ids`` "false": the dense ablation)."""
     from lmrec.data.synthetic import data_source
 
     return {
@@ -495,12 +496,13 @@ def train_spec(files, name: str, storage: str, batch_size: int) -> dict:
                  "split": {"kind": "random", "test_frac": 0.1}},
         "model": {"max_history": 50, "dim": 64},
         "tasks": {"click": {"negatives": "sampled", "num_negatives": 1024}, "related": {"weight": 0}},
-        "optim": {"epochs": 1, "lr_encoder": 0, "batch_size": batch_size, "log_every_steps": 200},
+        "optim": {"epochs": 1, "lr_encoder": 0, "batch_size": batch_size, "log_every_steps": 200,
+                  "sparse_id_grads": {"auto": "auto", "false": False}[sparse_ids]},
         "scaling": {"num_workers": 2, "storage_path": storage},
     }
 
 
-def run_train_size(size: str, data_root: str, batch_size: int) -> dict:
+def run_train_size(size: str, data_root: str, batch_size: int, sparse_ids: str = "auto") -> dict:
     """``lmrec train`` (the CLI, its own process and local Ray) on synthetic ``size``; RSS sampled throughout."""
     import os
     import subprocess
@@ -527,7 +529,7 @@ def run_train_size(size: str, data_root: str, batch_size: int) -> dict:
                                shape.n_items, shape.n_users, meta.num_row_groups)
     with tempfile.TemporaryDirectory(prefix="lmrec-scale-") as tmp:
         spec_path = Path(tmp) / "spec.yaml"
-        spec_path.write_text(yaml.safe_dump(train_spec(files, f"scale-{size}", f"{tmp}/runs", batch_size)))
+        spec_path.write_text(yaml.safe_dump(train_spec(files, f"scale-{size}", f"{tmp}/runs", batch_size, sparse_ids)))
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "lmrec.cli", "train", str(spec_path), "--no-resume"],
@@ -544,6 +546,7 @@ def run_train_size(size: str, data_root: str, batch_size: int) -> dict:
             raise RuntimeError(f"lmrec train on {size} exited {proc.returncode}: {out[-2000:]}")
         result = json.loads(out.strip().splitlines()[-1])
         history = json.loads((Path(result["run_path"]) / "lmrec_metrics.json").read_text())["history"]
+        lineage = json.loads((Path(result["artifact"]) / "manifest.json").read_text())["lineage"]
     epoch = history[-1]
     gib = {k: v / 2**30 for k, v in peaks.items()}
     workers = {k: v for k, v in gib.items() if "RayTrainWorker" in k}
@@ -553,6 +556,7 @@ def run_train_size(size: str, data_root: str, batch_size: int) -> dict:
         "interactions_by_rank": [int(epoch[f"interactions_rank{r}"]) for r in range(2)],
         "epoch_s": round(float(epoch["seconds"]), 1), "job_wall_s": round(wall, 1),
         "steps_per_rank": int(epoch["steps"]), "batch_size": batch_size,
+        "sparse_id_grads": lineage.get("sparse_id_grads", {}).get("on"),
         "driver_peak_rss_gib": round(gib.get("driver", 0.0), 3),
         "peak_rss_gib_per_process": round(max(gib.values()), 3),
         "peak_process": max(gib, key=gib.get),
@@ -563,11 +567,12 @@ def run_train_size(size: str, data_root: str, batch_size: int) -> dict:
     }
 
 
-def part_train(sizes: list[str], data_root: str, batch_size: int, key: str = "train") -> None:
+def part_train(sizes: list[str], data_root: str, batch_size: int, key: str = "train",
+               sparse_ids: str = "auto") -> None:
     """The cost curve; ``key`` other than "train" records an ablation beside it (its own figure, no summary)."""
     runs = []
     for size in sizes:
-        run = run_train_size(size, data_root, batch_size)
+        run = run_train_size(size, data_root, batch_size, sparse_ids)
         print(json.dumps(run), flush=True)
         runs.append(run)
     n = np.log([r["interactions"] for r in runs])
@@ -591,7 +596,11 @@ def part_train(sizes: list[str], data_root: str, batch_size: int, key: str = "tr
                "driver_peak_rss_gib": max(r["driver_peak_rss_gib"] for r in runs),
                "time_growth_exponent": None if slope is None else round(slope, 3),
                "job_time_growth_exponent": None if wall_slope is None else round(wall_slope, 3)}
-    merge_results({key: {"runs": runs, **summary}}, summary if key == "train" else {})
+    # slope of each consecutive pair of sizes: a straight line on the log-log plot has every one near 1
+    segments = {f"{a['size']}->{b['size']}": round(float(np.log(b["epoch_s"] / a["epoch_s"])
+                                                          / np.log(b["interactions"] / a["interactions"])), 3)
+                for a, b in zip(runs, runs[1:])}
+    merge_results({key: {"runs": runs, **summary, "segment_exponents": segments}}, summary if key == "train" else {})
 
 
 def main() -> None:
@@ -601,6 +610,8 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["1m", "5m", "25m"], help="train: synthetic sizes trained")
     parser.add_argument("--data-root", default="/tmp/lmrec-scale", help="train: where the synthetic files are kept")
     parser.add_argument("--batch-size", type=int, default=16384, help="train: interactions per step per worker")
+    parser.add_argument("--sparse-ids", choices=("auto", "false"), default="auto",
+                        help="train: optim.sparse_id_grads ('false': the dense ID-row ablation)")
     parser.add_argument("--key", default="train", help="train: scale.json key (another key: an ablation beside it)")
     parser.add_argument("--samples", type=int, nargs="+", default=[256, 1024],
                         help="objective: sampled negatives per step, one run each (the last is the summary's)")
@@ -623,7 +634,7 @@ def main() -> None:
     elif args.part == "objective":
         part_objective(args.samples, args.epochs, args.catalogues)
     elif args.part == "train":
-        part_train(args.sizes, args.data_root, args.batch_size, args.key)
+        part_train(args.sizes, args.data_root, args.batch_size, args.key, args.sparse_ids)
     else:
         part_data(args.size)
 

@@ -35,7 +35,8 @@ def _spec(files, tmp_path, **data) -> TrainSpec:
                  "eval_users": 60, **data},
         "model": {"max_history": 40, "dim": 16},
         "optim": {"epochs": 1, "lr_encoder": 0, "batch_size": 512},
-        "tasks": {"related": {"weight": 0}},
+        # batch-bound (rating + sampled click): the ID rows train sparse, as streamed jobs get them by default
+        "tasks": {"related": {"weight": 0}, "click": {"negatives": "sampled", "num_negatives": 64}},
         "scaling": {"num_workers": 2, "storage_path": str(tmp_path / "runs")},
     })
 
@@ -134,7 +135,10 @@ def test_a_streamed_job_trains_on_two_workers_each_reading_its_shard(files, tmp_
     assert expected - 2 <= sum(rows) <= expected  # every training row once (an equal split drops a remainder)
     assert abs(rows[0] - rows[1]) <= 0.2 * sum(rows) / 2  # each rank its share, not the whole file
     assert np.isfinite(result.best_metrics["val_rmse"]) and result.test_metrics["test_ndcg@10"] > 0
-    assert len(load_artifact(result.artifact_path).seen_items) == expected  # streamed back whole by rank 0
+    loaded = load_artifact(result.artifact_path)
+    assert len(loaded.seen_items) == expected  # streamed back whole by rank 0
+    # the ID rows trained sparse (DDP all-reduced sparse gradients, SparseAdam stepped them)
+    assert loaded.manifest["lineage"]["sparse_id_grads"]["on"] is True
     metrics = json.loads((tmp_path / "runs" / result.name / "lmrec_metrics.json").read_text())
     assert metrics["fingerprint"] == result.fingerprint
 
@@ -145,5 +149,30 @@ def test_the_spec_file_form_loads(files, tmp_path):
 
     path.write_text(yaml.safe_dump(_spec(files, tmp_path).model_dump(mode="json")))
     assert load_spec(TrainSpec, path).data.streaming
-    with pytest.raises(SpecError):
-        load_spec(TrainSpec, path, {"data.streaming": True, "data.source": None, "data.dataset": "ml-100k"})
+    named = load_spec(TrainSpec, path, {"data.source": None, "data.dataset": "ml-100k"})
+    assert named.data.streaming and named.data.dataset == "ml-100k"  # a named dataset streams too
+    with pytest.raises(SpecError, match="split kind 'random'"):
+        load_spec(TrainSpec, path, {"data.source": None, "data.dataset": "ml-100k", "data.split": "u1"})
+
+
+@pytest.mark.heavy  # ~30 s
+def test_a_named_dataset_streams_through_the_same_path(data_dir, tmp_path, monkeypatch):
+    """ML-100K by name: written once as Parquet in the cache, then read, split and summarised by Ray Data; the
+    summaries equal what the in-memory loader gives for the same rows."""
+    from lmrec.data.registry import load_dataset
+    from lmrec.data.text import default_item_template, render_item_texts
+    from lmrec.training.data import prepare_streamed
+
+    monkeypatch.setenv("LMREC_CACHE_DIR", str(tmp_path / "cache"))
+    spec = TrainSpec.model_validate({"data": {"dataset": "ml-100k", "streaming": True, "split": "random-80-20",
+                                              "eval_users": 50}, "model": {"max_history": 20}})
+    data = prepare_streamed(spec)
+    dataset = load_dataset("ml-100k")
+    assert (data.n_users, data.n_items) == (943, 1682) and data.dataset == "ml-100k"
+    assert data.item_ids.tolist() == sorted(dataset.item_ids.tolist())
+    texts = dict(zip(dataset.item_ids, render_item_texts(dataset.items, default_item_template("ml-100k"))))
+    assert list(data.item_texts) == [texts[i] for i in data.item_ids]  # the dataset's default template
+    assert 0.75 * 100_000 < data.n_train() < 0.8 * 100_000
+    assert data.item_counts().sum() == data.n_train()
+    assert len(list((tmp_path / "cache" / "streaming").iterdir())) == 1
+

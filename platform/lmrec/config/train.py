@@ -54,8 +54,9 @@ class DataSpec(StrictModel):
     max_users: int | None = Field(None, ge=1, description="Keep only the first N users (tiny CI slices).")
     max_items: int | None = Field(None, ge=1, description="Keep only the first N items (tiny CI slices).")
     streaming: bool = Field(
-        False, description="Read data.source with Ray Data and shard it to the workers; the driver never holds the "
-        "interactions (lmrec.data.stream). Needs a random split; validation and test rank eval_users users.",
+        False, description="Read the interactions with Ray Data and shard them to the workers; the driver never "
+        "holds them (lmrec.data.stream). data.source is read as it is; a named dataset is first written to the "
+        "cache as Parquet (lmrec.data.as_files). Needs a random split; validation and test rank eval_users users.",
     )
     eval_users: int = Field(
         2000, ge=1, description="streaming: users (seeded sample) whose valid and test rows are evaluated.",
@@ -83,8 +84,6 @@ class DataSpec(StrictModel):
         if self.source is not None and self.item_template is None:
             self.item_template = self.source.default_item_template()  # shown in the resolved spec and manifest
         if self.streaming:
-            if self.source is None:
-                raise ValueError("data.streaming reads your own files: give data.source")
             if getattr(self.split, "kind", None) != "random":
                 raise ValueError("data.streaming needs split kind 'random' (each row's part is a hash of the row; "
                                  "the other splits need a global order)")
@@ -208,6 +207,11 @@ class OptimSpec(StrictModel):
         False, description="torch.compile the training encoder's forward (dynamic shapes): a one-off compile, "
         "then faster steps on a GPU; needs a working compiler toolchain (Inductor).",
     )
+    sparse_id_grads: bool | Literal["auto"] = Field(
+        "auto", description="Sparse gradients for the ID tables (user/item embeddings and biases), stepped by a lazy "
+        "Adam (SparseAdam): a step updates and all-reduces only the rows its batch read. Needs rating + click with "
+        "negatives: sampled and the ddp engine. 'auto': on for streamed data (data.streaming) where those hold.",
+    )
 
     @model_validator(mode="after")
     def _encoder_options_need_a_training_encoder(self) -> "OptimSpec":
@@ -270,5 +274,13 @@ class TrainSpec(StrictModel):
             if self.strategy.name in STREAMING_REFUSED:
                 raise ValueError(f"data.streaming: strategy {self.strategy.name} reads the whole training frame "
                                  f"on every worker; streamed data has none")
+        if self.optim.sparse_id_grads is True:
+            t = self.tasks
+            if t.related.weight > 0 or t.click.weight > 0 and t.click.negatives != "sampled":
+                raise ValueError("optim.sparse_id_grads: true needs a step that reads only its batch's rows: "
+                                 "tasks.related.weight 0 and tasks.click.negatives: sampled")
+            if self.scaling.engine == "deepspeed":
+                raise ValueError("optim.sparse_id_grads: true needs scaling.engine ddp (DeepSpeed steps dense "
+                                 "gradients only)")
         self.strategy.check_job(self)  # e.g. lora and progressive_unfreezing need an encoder that trains
         return self

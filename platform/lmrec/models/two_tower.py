@@ -103,6 +103,12 @@ class TwoTowerModel(nn.Module):
         self.register_buffer("user_text", torch.zeros(n_users, hidden) if user_text else torch.zeros(0, hidden))
         self.register_buffer("history", torch.full((n_users, 1), -1, dtype=torch.long))
 
+    def id_tables(self) -> list[nn.Embedding]:
+        """The per-user and per-item rows (ID embeddings, rating and interest biases): a step reads few of them."""
+        tables = [self.user_tower.id_embedding, self.item_tower.id_embedding, self.user_bias, self.item_bias,
+                  getattr(self, "interest_item_bias", None)]
+        return [t for t in tables if t is not None]
+
     # ---- building blocks (used by the training wrapper and by the recommender) ----
     def encode_items(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Pooled encoder output for a block of pre-tokenised item texts, padded to its longest row."""

@@ -322,8 +322,13 @@ def prepare_streamed(spec: TrainSpec) -> StreamedData:
     check_streaming_ray()
     split, model = spec.data.split, spec.model
     settings = encoder_settings(model.encoder, model.pooling)
+    source, template = spec.data.source, spec.data.item_template
+    if source is None:  # a named dataset: its rows and rendered texts written once as Parquet, then read alike
+        from lmrec.data.as_files import TEXT_TEMPLATE, named_source
+
+        source, template = named_source(spec.data.dataset, template), TEXT_TEMPLATE
     tables = stream_source(
-        spec.data.source, item_template=spec.data.item_template, seed=split.seed, test_frac=split.test_frac,
+        source, item_template=template, seed=split.seed, test_frac=split.test_frac,
         valid_frac=split.valid_frac, valid_from_train=spec.data.valid_from_train, max_history=model.max_history,
         eval_users=spec.data.eval_users, eval_seed=spec.seed,
         tokenize=partial(_tokenize_items, encoder=model.encoder, max_length=model.max_length,
@@ -331,12 +336,12 @@ def prepare_streamed(spec: TrainSpec) -> StreamedData:
     )
     s, parts = tables.summary, tables.parts
     return StreamedData(
-        dataset=spec.data.source.name, n_users=len(tables.user_ids), n_items=len(tables.item_ids), train=None,
+        dataset=source.name, n_users=len(tables.user_ids), n_items=len(tables.item_ids), train=None,
         valid=parts[VALID] if len(parts[VALID]) else None, test=parts[TEST] if len(parts[TEST]) else None,
         user_ids=tables.user_ids, item_ids=tables.item_ids,
         item_tokens=np.stack(tables.items["tokens"].to_numpy()).astype(np.int32),
         item_lengths=tables.items["length"].to_numpy().astype(np.int32), item_texts=tables.items["text"].tolist(),
-        split_params=tables.split_params, fingerprint=tables.digest(spec.data.source.name), context=parts[TRAIN],
+        split_params=tables.split_params, fingerprint=tables.digest(source.name), context=parts[TRAIN],
         train_dataset=tables.train, train_rows=s["rows"],
         rating_summary_=(s["rating_sum"] / s["rows"], s["rating_min"], s["rating_max"]),
         train_item_counts=s["item_counts"], train_history=tables.history, newest_timestamp=s["timestamp_max"] or None,

@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from lmrec.training.optimizers import all_reduce_sparse_rows, clip_grad_norm, ddp_ignored
+
 EngineName = Literal["ddp", "deepspeed"]
 CHECKPOINT_FILE = "checkpoint.pt"
 DEEPSPEED_TAG = "checkpoint"
@@ -103,13 +105,17 @@ class TorchEngine:
 
     name = "ddp"
 
-    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float = 0.0) -> None:
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float = 0.0,
+                 sparse_params: list[nn.Parameter] | None = None) -> None:
         self.inner = module
         self.optimizer = optimizer
         self.grad_clip = grad_clip
+        self.sparse_params = list(sparse_params or [])  # sparse ID rows: averaged by all_reduce_sparse_rows
         initialised, world, _ = distributed_world()
         self.module: nn.Module = module
         if initialised and world > 1:
+            if self.sparse_params:
+                ddp_ignored(module, self.sparse_params)
             # find_unused: a task with weight 0 or a frozen encoder leaves parameters without gradient;
             # broadcast_buffers off: each rank refreshes its own item-text cache rows
             self.module = nn.parallel.DistributedDataParallel(
@@ -119,8 +125,9 @@ class TorchEngine:
     def step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        all_reduce_sparse_rows(self.sparse_params)
         if self.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.inner.parameters(), self.grad_clip)
+            clip_grad_norm(self.inner.parameters(), self.grad_clip)
         self.optimizer.step()
 
     def gathered(self):

@@ -40,6 +40,7 @@ from lmrec.strategies.scopes import count_parameters
 from lmrec.strategies.unfreezing import encoder_layer_groups
 from lmrec.training.data import PreparedData
 from lmrec.training.engines import DeepSpeedEngine, TorchEngine, deepspeed_config, distributed_world, resolve_engine
+from lmrec.training.optimizers import SparseRowsOptimizer, make_sparse, resolve_sparse_ids
 
 log = logging.getLogger(__name__)
 
@@ -194,10 +195,21 @@ class TwoTowerRecipe:
             torch.as_tensor(data.item_lengths).to(self.device), self.autocast_dtype,
         )
         groups = self.strategy.param_groups(self._param_groups(), self.model, o.lr_heads)
+        sparse = resolve_sparse_ids(o.sparse_id_grads, streaming=spec.data.streaming,
+                                    batch_bound=self.objective.batch_bound, engine=self.engine_name)
+        self.sparse_ids = sparse
+        log.info("sparse ID rows %s (%s)", "on" if sparse.on else "off", sparse.reason)
+        sparse_params = make_sparse(self.model.id_tables()) if sparse.on else []
+        if sparse_params:  # the ID rows leave AdamW's groups for SparseAdam's
+            moved = {id(p) for p in sparse_params}
+            groups = [{**g, "params": [p for p in g["params"] if id(p) not in moved]} for g in groups]
+            groups = [g for g in groups if g["params"]]
         # fused under DDP on CUDA: one kernel for every parameter's update instead of a loop of small ones
         # (DeepSpeed steps its own partitions, on the CPU too when it offloads)
         fused = self.device.type == "cuda" and self.engine_name == "ddp"
         optimizer = torch.optim.AdamW(groups, lr=o.lr_heads, weight_decay=o.weight_decay, fused=fused or None)
+        if sparse_params:
+            optimizer = SparseRowsOptimizer(optimizer, torch.optim.SparseAdam(sparse_params, lr=o.lr_heads))
         # the torch optimizer itself (DeepSpeed wraps it but reads these param groups): the LR schedule sets them
         self.optimizer = optimizer
         self.base_lrs = [g["lr"] for g in optimizer.param_groups]
@@ -210,7 +222,7 @@ class TwoTowerRecipe:
                                    grad_clip=o.grad_clip, device=self.device)
             self.engine: TorchEngine | DeepSpeedEngine = DeepSpeedEngine(self.train_module, optimizer, cfg)
         else:
-            self.engine = TorchEngine(self.train_module, optimizer, o.grad_clip)
+            self.engine = TorchEngine(self.train_module, optimizer, o.grad_clip, sparse_params)
         self.epoch = 0  # next epoch to run
         self.best: float | None = None
         self.best_epoch = -1
@@ -480,7 +492,8 @@ class TwoTowerRecipe:
                 fingerprint=self.data.fingerprint, user_ids=self.data.user_ids, item_ids=self.data.item_ids,
                 metrics=metrics or (self.history[-1] if self.history else {}),
                 data_cutoff=self.data.trained_until(),
-                lineage={**self.data.lineage, "engine": {"name": self.engine_name, "reason": self.engine_reason}},
+                lineage={**self.data.lineage, "engine": {"name": self.engine_name, "reason": self.engine_reason},
+                         "sparse_id_grads": {"on": self.sparse_ids.on, "reason": self.sparse_ids.reason}},
                 item_texts=list(self.data.item_texts),  # responses show them; metadata filters match them
                 # every training row, so a service of this model alone excludes what evaluation excludes (the
                 # model's own history keeps the last max_history items only)
