@@ -19,11 +19,15 @@ draws scale.png, ``train`` scale_train.png).
   Euclidean transform of ``ItemIndex`` too, since on raw inner products its recall stalls).
 - ``train``: the cost curve of ``data.streaming``: ``lmrec train`` (the CLI, its own process and local Ray) on
   synthetic MovieLens-25M-shaped files of 1M, 5M and 25M interactions (``--sizes``), the frozen-encoder two-tower
-  job (rating + click with 1,024 sampled negatives, 2 workers, 1 epoch, ``--batch-size`` rows per step per worker).
+  job (rating + click with 1,024 sampled negatives, 2 workers, 1 epoch, ``--batch-size`` rows per step per worker,
+  8,192 by default; the ID rows sparse, as streamed jobs train them, ``--sparse-ids false`` for the dense ablation).
   The driver's and every Ray process's RSS is sampled every 0.5 s; ``summary.time_growth_exponent`` is the slope of
   log epoch time vs log interactions, ``peak_rss_gib_per_process`` the largest process, ``driver_peak_rss_gib``
-  the driver. ``--key train_batch8192 --batch-size 8192`` records the smaller-batch curve beside it.
+  the driver; ``segment_exponents`` the slope between each pair of sizes. ``--key NAME`` records another curve
+  beside it (its own figure, no summary).
 - ``data``: ``write_parquet(..., "1m")`` timed, with the process's peak RSS (run it as its own process).
+- ``figure``: scale.png redrawn from scale.json (ANN retrieval beside the training cost curve; ``ann`` and ``train``
+  redraw it too).
 - ``objective``: the click task's softmax over every warm item vs sampled negatives with the log-Q correction
   (``tasks.click.negatives: sampled``). Quality: ML-100K u1, the default job (jobs/ml100k-minilm-multitask.yaml,
   frozen MiniLM, same item encoding for every row), test NDCG@10 and RMSE, epochs picked on validation as the job
@@ -151,11 +155,39 @@ def part_ann(n_items: int, n_users: int, dim: int, exact_users: int, budget_s: f
         "ann_build_s": round(build_s, 1),
         "ann_items": n_items,
     })  # fmt: skip
-    plot(curve, exact_lat, n_items, build_s)
+    plot_overview()
 
 
-def plot(curve: list[dict], exact_lat: dict, n_items: int, build_s: float) -> None:
-    fig, ax = figure(figsize=(6.4, 4.2))
+def plot_overview() -> None:
+    """scale.png from scale.json: ANN retrieval (``ann``) beside the training cost curve (``train``), whichever
+    parts have run."""
+    results = json.loads((RESULTS / "scale.json").read_text())
+    ann, train = results.get("ann"), results.get("train")
+    fig, axes = figure(1, 3 if train else 1, figsize=(15, 4.2) if train else (6.4, 4.2))
+    axes = list(np.atleast_1d(axes))
+    if ann:
+        plot_ann(axes[0], ann["ann_batch1_by_nprobe"], ann["exact_batch1"], ann["items"], ann["index"]["build_s"])
+    if train:
+        plot_train(axes[-2], axes[-1], train["runs"], train["time_growth_exponent"])
+    save_figure(fig, "scale")
+
+
+def plot_train(ax_t, ax_m, runs: list[dict], slope: float | None) -> None:
+    x = [r["interactions"] for r in runs]
+    ax_t.loglog(x, [r["epoch_s"] for r in runs], "o-", label="one epoch (2 workers)")
+    ax_t.loglog(x, [r["job_wall_s"] for r in runs], "s--", label="whole job (read, split, encode, epoch, export)")
+    ax_t.set(xlabel="interactions", ylabel="seconds",
+             title=f"streamed training, {runs[0]['batch_size']:,} rows/step: epoch slope {slope or 0:.2f}")
+    ax_t.legend(fontsize=8)
+    ax_m.semilogx(x, [r["peak_rss_gib_per_process"] for r in runs], "o-", label="largest process")
+    ax_m.semilogx(x, [r["driver_peak_rss_gib"] for r in runs], "s--", label="driver")
+    ax_m.axhline(4, color="grey", lw=0.8, ls=":")
+    ax_m.axhline(2, color="grey", lw=0.8, ls=":")
+    ax_m.set(xlabel="interactions", ylabel="peak RSS (GiB)", title="training memory")
+    ax_m.legend(fontsize=8)
+
+
+def plot_ann(ax, curve: list[dict], exact_lat: dict, n_items: int, build_s: float) -> None:
     ax.plot([c["median_ms"] for c in curve], [c["recall_at_100"] for c in curve], "o-", label="faiss IVF (nprobe)")
     for c in curve:
         ax.annotate(str(c["nprobe"]), (c["median_ms"], c["recall_at_100"]), textcoords="offset points",
@@ -167,7 +199,6 @@ def plot(curve: list[dict], exact_lat: dict, n_items: int, build_s: float) -> No
     ax.set_ylabel("recall@100 vs exact")
     ax.set_title(f"Retrieval over {n_items:,} items, dim 64, k=100 (IVF build {build_s:.0f} s)", fontsize=10)
     ax.legend(loc="lower right")
-    save_figure(fig, "scale")
 
 
 class TableMember:
@@ -579,17 +610,7 @@ def part_train(sizes: list[str], data_root: str, batch_size: int, key: str = "tr
     slope = float(np.polyfit(n, np.log([r["epoch_s"] for r in runs]), 1)[0]) if len(runs) > 1 else None
     wall_slope = float(np.polyfit(n, np.log([r["job_wall_s"] for r in runs]), 1)[0]) if len(runs) > 1 else None
     fig, (ax_t, ax_m) = figure(1, 2, figsize=(10, 4))
-    x = [r["interactions"] for r in runs]
-    ax_t.loglog(x, [r["epoch_s"] for r in runs], "o-", label="one epoch (2 workers)")
-    ax_t.loglog(x, [r["job_wall_s"] for r in runs], "s--", label="whole job (read, split, encode, epoch, export)")
-    ax_t.set(xlabel="interactions", ylabel="seconds", title=f"time (epoch slope {slope or 0:.2f})")
-    ax_t.legend(fontsize=8)
-    ax_m.semilogx(x, [r["peak_rss_gib_per_process"] for r in runs], "o-", label="largest process")
-    ax_m.semilogx(x, [r["driver_peak_rss_gib"] for r in runs], "s--", label="driver")
-    ax_m.axhline(4, color="grey", lw=0.8, ls=":")
-    ax_m.axhline(2, color="grey", lw=0.8, ls=":")
-    ax_m.set(xlabel="interactions", ylabel="peak RSS (GiB)", title="memory")
-    ax_m.legend(fontsize=8)
+    plot_train(ax_t, ax_m, runs, slope)
     save_figure(fig, f"scale_{key}")
     summary = {"max_interactions_trained": max(r["interactions"] for r in runs),
                "peak_rss_gib_per_process": max(r["peak_rss_gib_per_process"] for r in runs),
@@ -601,15 +622,17 @@ def part_train(sizes: list[str], data_root: str, batch_size: int, key: str = "tr
                                                           / np.log(b["interactions"] / a["interactions"])), 3)
                 for a, b in zip(runs, runs[1:])}
     merge_results({key: {"runs": runs, **summary, "segment_exponents": segments}}, summary if key == "train" else {})
+    if key == "train":
+        plot_overview()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=("ann", "ann-serve", "ann-libraries", "data", "objective", "train"),
+    parser.add_argument("--part", choices=("ann", "ann-serve", "ann-libraries", "data", "objective", "train", "figure"),
                         required=True)
     parser.add_argument("--sizes", nargs="+", default=["1m", "5m", "25m"], help="train: synthetic sizes trained")
     parser.add_argument("--data-root", default="/tmp/lmrec-scale", help="train: where the synthetic files are kept")
-    parser.add_argument("--batch-size", type=int, default=16384, help="train: interactions per step per worker")
+    parser.add_argument("--batch-size", type=int, default=8192, help="train: interactions per step per worker")
     parser.add_argument("--sparse-ids", choices=("auto", "false"), default="auto",
                         help="train: optim.sparse_id_grads ('false': the dense ID-row ablation)")
     parser.add_argument("--key", default="train", help="train: scale.json key (another key: an ablation beside it)")
@@ -635,6 +658,8 @@ def main() -> None:
         part_objective(args.samples, args.epochs, args.catalogues)
     elif args.part == "train":
         part_train(args.sizes, args.data_root, args.batch_size, args.key, args.sparse_ids)
+    elif args.part == "figure":
+        plot_overview()
     else:
         part_data(args.size)
 

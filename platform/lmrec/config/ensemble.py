@@ -55,6 +55,15 @@ class EnsembleSpec(StrictModel):
             raise ValueError(f"member(s) {empty} have an empty artifact location")
         return members
 
+    @field_validator("data")
+    @classmethod
+    def _in_memory_data(cls, data: DataSpec) -> DataSpec:
+        if data.streaming:  # the fit reads every member's scores on the whole validation split, in memory
+            raise ValueError("data.streaming: an ensemble fits its weights on the data in memory; drop streaming "
+                             "(members trained on streamed data split rows by a hash the in-memory split does not "
+                             "reproduce)")
+        return data
+
     @field_validator("output_dir")
     @classmethod
     def _some_output(cls, output_dir: str) -> str:

@@ -47,6 +47,9 @@ def test_spec_names_bad_members():
         EnsembleSpec.model_validate({**base, "members": {"two_tower": "a", "mf": " "}})
     with pytest.raises(ValidationError, match="Extra inputs"):
         EnsembleSpec.model_validate({**base, "members": {"two_tower": "a", "mf": "b"}, "fit": {"stpes": 3}})
+    with pytest.raises(ValidationError, match="fits its weights on the data in memory"):
+        EnsembleSpec.model_validate({**base, "members": {"two_tower": "a", "mf": "b"},
+                                     "data": {"dataset": "ml-100k", "split": "random-80-20", "streaming": True}})
 
 
 def test_missing_member_artifact_is_a_spec_error(tmp_path):
