@@ -4,8 +4,9 @@ A two-tower's per-user and per-item rows (ID embeddings, rating and interest bia
 catalogue. With dense gradients every step zeroes, all-reduces and Adam-steps every row of them, however few rows
 its batch read: at 160k users and 60k items that is ~14M parameters a step, a cost that grows with the data, not
 with the batch. Marked sparse (``nn.Embedding.sparse``), those tables get gradients holding only the rows looked up;
-DDP all-reduces them as sparse tensors (gloo) and ``torch.optim.SparseAdam`` (a lazy Adam: the moments of a row
-move only when the row is read) steps them, while AdamW keeps every other parameter.
+``all_reduce_sparse_rows`` averages them over the ranks (DDP's reducer leaves them alone) and
+``torch.optim.SparseAdam`` (a lazy Adam: the moments of a row move only when the row is read) steps them, while
+AdamW keeps every other parameter.
 
 ``resolve_sparse_ids`` decides whether a run may use them, ``SparseRowsOptimizer`` steps the two optimizers as
 one, and ``clip_grad_norm`` clips sparse and dense gradients together (torch's own clip has no sparse norm).
@@ -30,8 +31,9 @@ def resolve_sparse_ids(setting: bool | str, *, streaming: bool, batch_bound: boo
     """Whether the ID tables train with sparse gradients (``optim.sparse_id_grads``: True, False or 'auto').
 
     They need a batch-bound objective (the step names every row it reads; a softmax over every item reads them all,
-    so its gradient is dense anyway) and the plain engine (DeepSpeed partitions dense gradients). 'auto' turns them on for streamed data, where the tables grow
-    with data that does not fit one machine; in-memory runs keep dense AdamW on every row as before.
+    so its gradient is dense anyway) and the plain engine (DeepSpeed partitions dense gradients). 'auto' turns them
+    on for streamed data, where the tables grow with data that does not fit one machine; in-memory runs keep dense
+    AdamW on every row as before.
     """
     if setting is False:
         return SparseIdChoice(False, "optim.sparse_id_grads: false")
@@ -72,10 +74,6 @@ class SparseRowsOptimizer:
     def param_groups(self) -> list[dict]:
         return self.dense.param_groups + self.sparse.param_groups
 
-    @property
-    def state(self):
-        return {**self.dense.state, **self.sparse.state}
-
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.dense.zero_grad(set_to_none=set_to_none)
         self.sparse.zero_grad(set_to_none=set_to_none)
@@ -103,17 +101,20 @@ def all_reduce_sparse_rows(params: list[nn.Parameter]) -> None:
     """Average the sparse gradients of ``params`` over the ranks with dense collectives: every rank all-gathers the
     others' row indices and values (padded to the longest) and sums them locally. The reducer of DDP leaves these
     parameters alone (``ddp_ignored``): a 25M-row run through its sparse all-reduce (gloo) aborted on a corrupted
-    heap after ~850 steps, and NCCL has no sparse all-reduce at all. A rank without a gradient for a table sends no rows but still takes part."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    heap after ~850 steps, and NCCL has no sparse all-reduce at all. A rank without a gradient for a table sends no
+    rows but still takes part."""
+    if not params or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
     world = dist.get_world_size()
-    for p in params:
-        grad = p.grad.coalesce() if p.grad is not None else None
+    grads = [p.grad.coalesce() if p.grad is not None else None for p in params]
+    # every table's row count from every rank in one collective
+    mine = torch.tensor([0 if g is None else g._nnz() for g in grads], dtype=torch.long, device=params[0].device)
+    gathered = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(gathered, mine)
+    per_table = torch.stack(gathered, 1).tolist()  # [table][rank]
+    for p, grad, counts in zip(params, grads, per_table):
         rows = grad._indices()[0] if grad is not None else torch.zeros(0, dtype=torch.long, device=p.device)
         values = grad._values() if grad is not None else p.new_zeros((0, *p.shape[1:]))
-        counts = [torch.zeros(1, dtype=torch.long, device=p.device) for _ in range(world)]
-        dist.all_gather(counts, torch.tensor([len(rows)], dtype=torch.long, device=p.device))
-        counts = [int(c.item()) for c in counts]
         width = max(counts)
         if width == 0:
             continue
